@@ -1,0 +1,181 @@
+"""Transformer building blocks shared by the encoder and the decoder (SPEC §1.3).
+
+Every kernel carries logical axis names ('embed', 'mlp', 'heads', 'kv'); the rules that map them to
+mesh axes live only in omnimae_jax/train/sharding.py.
+"""
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+LAYER_NORM_EPS = 1e-6
+
+
+def xavier_uniform(fan_in: int, fan_out: int) -> Callable:
+  """Xavier-uniform with explicit fans, whatever the kernel's shape.
+
+  PyTorch computes fans on the 2-D [out, in] view of a Linear (and MAE on the [D, C*kt*kh*kw] view
+  of the patch conv). Our kernels are reshaped views of those (qkv [D, 3, heads, head_dim], proj
+  [heads, head_dim, D], conv [kt, kh, kw, C, D]), so flax's shape-derived fans would be wrong.
+  """
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
+
+
+def uniform_bias(fan_in: int) -> Callable:
+  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kept by the patch conv)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def truncated_normal(std: float) -> Callable:
+  """timm's trunc_normal_(std): normal(0, std) cut at +-2 (absolute, so effectively untruncated)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    lower, upper = -2.0 / std, 2.0 / std
+    return std * jax.random.truncated_normal(key, lower, upper, shape, dtype)
+
+  return init
+
+
+def partitioned(init: Callable, names: tuple) -> Callable:
+  return nn.with_logical_partitioning(init, names)
+
+
+def sincos_table(num_positions: int, dim: int) -> np.ndarray:
+  """Fixed 1-D sinusoidal table over the flattened (t, h, w) index (SPEC §1.2).
+
+  angle(n, j) = n / 10000^(2 floor(j/2) / dim); even channels take sin, odd channels cos
+  (interleaved). Returns float32 [num_positions, dim].
+  """
+  positions = np.arange(num_positions, dtype=np.float64)[:, None]
+  exponents = 2 * (np.arange(dim) // 2) / dim
+  angles = positions / np.power(10000.0, exponents)[None, :]
+  table = np.where(np.arange(dim) % 2 == 0, np.sin(angles), np.cos(angles))
+  return table.astype(np.float32)
+
+
+def position_table(grid, table_grid, dim: int) -> jnp.ndarray:
+  """The position embeddings for a token grid (T', H', W') given the model's table grid.
+
+  The table is built for `table_grid` (from the model's num_frames and img_size). Fewer time steps
+  take the leading temporal slices (an image takes the t=0 slice, as the official code does); a
+  different spatial size resizes each slice bicubically (the official interpolate_pos_encoding).
+  More time steps than the table has is an error: the official model cannot interpolate in time.
+  """
+  t, h, w = grid
+  table_t, table_h, table_w = table_grid
+  if t > table_t:
+    raise ValueError(
+        f"pixels: the input has {t} temporal patches but the position table has {table_t} "
+        f"(num_frames={table_t} x patch time); build the model with num_frames >= the clip length.")
+  table = sincos_table(table_t * table_h * table_w, dim).reshape(table_t, table_h, table_w, dim)
+  table = jnp.asarray(table[:t])
+  if (h, w) != (table_h, table_w):
+    table = jax.image.resize(table, (t, h, w, dim), method="bicubic")
+  return table.reshape(t * h * w, dim)  # [N, D]
+
+
+class Mlp(nn.Module):
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    dense = lambda features, fan_in, names, name: nn.Dense(
+        features, dtype=self.dtype, name=name,
+        kernel_init=partitioned(xavier_uniform(fan_in, features), names),
+        bias_init=partitioned(nn.initializers.zeros, names[1:]))
+    x = dense(self.hidden_dim, width, ("embed", "mlp"), "fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
+    return dense(width, self.hidden_dim, ("mlp", "embed"), "fc2")(x)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection split as (3, heads, head_dim)."""
+  num_heads: int
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} must divide the width {width}")
+    head_dim = width // self.num_heads
+    qkv = nn.DenseGeneral(
+        (3, self.num_heads, head_dim), use_bias=self.qkv_bias, dtype=self.dtype, name="qkv",
+        kernel_init=partitioned(xavier_uniform(width, 3 * width), ("embed", None, "heads", "kv")),
+        bias_init=partitioned(nn.initializers.zeros, (None, "heads", "kv")))(x)
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, heads, head_dim]
+    out = jax.nn.dot_product_attention(query, key, value)  # scale head_dim^-0.5
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(
+        width, axis=(-2, -1), dtype=self.dtype, name="proj",
+        kernel_init=partitioned(xavier_uniform(width, width), ("heads", "kv", "embed")),
+        bias_init=partitioned(nn.initializers.zeros, ("embed",)))(out)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample during training."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(keep_mask, x / keep, jnp.zeros_like(x))
+
+
+def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=LAYER_NORM_EPS, dtype=dtype, name=name,
+      scale_init=partitioned(nn.initializers.ones, ("embed",)),
+      bias_init=partitioned(nn.initializers.zeros, ("embed",)))
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+  num_heads: int
+  mlp_dim: int
+  qkv_bias: bool = True
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    attn = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")
+    x = x + DropPath(self.drop_path)(attn(layer_norm("norm1", self.dtype)(x)), train)
+    mlp = Mlp(self.mlp_dim, self.dtype, name="mlp")
+    x = x + DropPath(self.drop_path)(mlp(layer_norm("norm2", self.dtype)(x)), train)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def block_stack(x, *, prefix, depth, num_heads, mlp_dim, qkv_bias, drop_path, dtype, remat, train):
+  """Runs `depth` blocks named f'{prefix}_{i}' with drop path rising linearly to `drop_path`.
+
+  Call it from a compact method: the blocks become children of that module.
+  """
+  block_cls = nn.remat(Block, static_argnums=(2,)) if remat else Block
+  for i in range(depth):
+    rate = drop_path * i / max(depth - 1, 1)
+    block = block_cls(num_heads, mlp_dim, qkv_bias, rate, dtype, name=f"{prefix}_{i}")
+    x = block(x, train)
+  return x

@@ -1,0 +1,141 @@
+"""The OmniMAE trunk: 3-D patch embedding, fixed sin-cos positions, pre-LN ViT blocks (SPEC §1.1-1.3)."""
+import dataclasses
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omnimae_jax.models import layers
+
+PAD_TYPES = ("repeat", "zero")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that shapes a model; `omnimae_jax.models.build` fills it from a named size."""
+  patch_size: Tuple[int, int, int] = (2, 16, 16)  # (time, height, width)
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  img_size: int = 224  # with num_frames, fixes the position table's grid
+  num_frames: int = 16
+  qkv_bias: bool = True
+  drop_path: float = 0.0
+  pad_type: str = "repeat"  # how an image becomes a `patch_size[0]`-frame clip
+  decoder_width: int = 384
+  decoder_depth: int = 4
+  decoder_heads: int = 16
+  decoder_qkv_bias: bool = False  # the published checkpoints have none (SPEC §1.3)
+  num_classes: int = 1000
+  head_init_std: float = 2e-5  # classifier head: 2e-5 for IN1K, 0.01 for SSv2
+  compute_dtype: str = "float32"  # 'bfloat16' on accelerators; params stay float32
+  remat: bool = False  # rematerialise each block (activation checkpointing)
+
+  def __post_init__(self):
+    if self.pad_type not in PAD_TYPES:
+      raise ValueError(f"pad_type={self.pad_type!r}; allowed: {PAD_TYPES}")
+    if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"compute_dtype={self.compute_dtype!r}; allowed: float32, bfloat16, float16")
+    pt, ph, pw = self.patch_size
+    if self.img_size % ph or self.img_size % pw or self.num_frames % pt:
+      raise ValueError(f"img_size={self.img_size} and num_frames={self.num_frames} must be "
+                       f"divisible by patch_size={self.patch_size}")
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.compute_dtype)
+
+  @property
+  def table_grid(self) -> Tuple[int, int, int]:
+    pt, ph, pw = self.patch_size
+    return self.num_frames // pt, self.img_size // ph, self.img_size // pw
+
+  @property
+  def pixels_per_patch(self) -> int:
+    return 3 * int(np.prod(self.patch_size))
+
+
+def token_grid(pixels_shape, patch_size) -> Tuple[int, int, int]:
+  """(T', H', W') for an image [B,H,W,3] (T'=1) or a video [B,T,H,W,3]; ValueError otherwise."""
+  if len(pixels_shape) not in (4, 5) or pixels_shape[-1] != 3:
+    raise ValueError(f"pixels: expected [B,H,W,3] (image) or [B,T,H,W,3] (video), "
+                     f"got shape {tuple(pixels_shape)}")
+  pt, ph, pw = patch_size
+  height, width = pixels_shape[-3:-1]
+  frames = pixels_shape[1] if len(pixels_shape) == 5 else 1
+  if height % ph or width % pw:
+    raise ValueError(f"pixels: spatial size {height}x{width} (shape {tuple(pixels_shape)}) is not "
+                     f"divisible by the patch size {ph}x{pw}")
+  if frames > 1 and frames % pt:
+    raise ValueError(f"pixels: {frames} frames (shape {tuple(pixels_shape)}) is not divisible by "
+                     f"the temporal patch size {pt}")
+  return max(frames // pt, 1), height // ph, width // pw
+
+
+def as_clip(pixels, num_frames: int, pad_type: str):
+  """An image [B,H,W,3] (or a 1-frame clip) becomes a `num_frames`-frame clip [B,T,H,W,3].
+
+  'repeat' copies the frame (the released models); 'zero' pads with zero frames.
+  """
+  if pixels.ndim == 4:
+    pixels = pixels[:, None]
+  if pixels.shape[1] != 1:
+    return pixels
+  if pad_type == "repeat":
+    return jnp.repeat(pixels, num_frames, axis=1)
+  zeros = jnp.zeros_like(pixels)
+  return jnp.concatenate([pixels] + [zeros] * (num_frames - 1), axis=1)
+
+
+class PatchEmbed(nn.Module):
+  """Conv3d with kernel = stride = patch size, on NTHWC; tokens flattened in raster (t, h, w)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, pixels):
+    cfg = self.config
+    clip = as_clip(pixels, cfg.patch_size[0], cfg.pad_type)
+    fan_in = cfg.pixels_per_patch
+    tokens = nn.Conv(
+        cfg.width, kernel_size=cfg.patch_size, strides=cfg.patch_size, padding="VALID",
+        dtype=cfg.dtype, name="proj",
+        kernel_init=layers.partitioned(layers.xavier_uniform(fan_in, cfg.width),
+                                       (None, None, None, None, "embed")),
+        bias_init=layers.partitioned(layers.uniform_bias(fan_in), ("embed",)))(clip)
+    batch, t, h, w, width = tokens.shape
+    return tokens.reshape(batch, t * h * w, width)  # [B, N, D]
+
+
+def gather_tokens(tokens, keep_idx):
+  """tokens [B, N, D], keep_idx [B, N_vis] -> [B, N_vis, D] (raster order when keep_idx ascends)."""
+  return jnp.take_along_axis(tokens, keep_idx[..., None], axis=1)
+
+
+class Trunk(nn.Module):
+  """Patch embed + positions, optional token dropping, blocks, and the final norm.
+
+  pool=False: per-token outputs, normed (pretraining). pool=True: mean over tokens, then the norm
+  (fine-tuning; the norm plays MAE's fc_norm role, SPEC §1.6).
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, pixels, keep_idx: Optional[jnp.ndarray] = None, *, pool: bool = False,
+               train: bool = False):
+    cfg = self.config
+    grid = token_grid(pixels.shape, cfg.patch_size)
+    tokens = PatchEmbed(cfg, name="patch_embed")(pixels)
+    tokens = tokens + layers.position_table(grid, cfg.table_grid, cfg.width).astype(tokens.dtype)
+    if keep_idx is not None:
+      tokens = gather_tokens(tokens, keep_idx)  # [B, N_vis, D]
+    tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
+    tokens = layers.block_stack(
+        tokens, prefix="blocks", depth=cfg.depth, num_heads=cfg.num_heads,
+        mlp_dim=int(cfg.width * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias, drop_path=cfg.drop_path,
+        dtype=cfg.dtype, remat=cfg.remat, train=train)
+    if pool:
+      tokens = tokens.mean(axis=1)  # [B, D]
+    return layers.layer_norm("norm", cfg.dtype)(tokens)
