@@ -1,0 +1,9 @@
+"""Our TFDS builders; importing this package registers them with TFDS by name:
+something_something_v2, kinetics400, kinetics600, kinetics700, video_csv, omnimae_demo."""
+from omnimae_jax.data.builders.kinetics import Kinetics400, Kinetics600, Kinetics700
+from omnimae_jax.data.builders.omnimae_demo import OmnimaeDemo
+from omnimae_jax.data.builders.something_something_v2 import SomethingSomethingV2
+from omnimae_jax.data.builders.video_csv import VideoCsv
+
+__all__ = ["Kinetics400", "Kinetics600", "Kinetics700", "OmnimaeDemo", "SomethingSomethingV2",
+           "VideoCsv"]

@@ -1,0 +1,155 @@
+"""Shared base of the video TFDS builders: clips decoded once with PyAV, stored as JPEG frames.
+
+Every video dataset has the same features, so the training pipeline reads them all alike:
+  video  Video(JPEG frames) at the config's short side  (read with SkipDecoding: only the sampled
+         frames get decoded at training time)
+  fps    float32, the stored frame rate (the clip sampler turns seconds into frames with it)
+  label  ClassLabel
+  id     Text, the dataset's own id for the clip
+A file that cannot be decoded is skipped, logged with its path and counted; the build goes on.
+"""
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from omnimae_jax.data import video_io
+from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
+
+PREPARE_COMMAND = ("python -m omnimae_jax.data.prepare {name} --manual_dir=DIR --data_dir=DIR "
+                   "(or: tfds build --imports=omnimae_jax.data.builders {name} --manual_dir=DIR)")
+
+
+@dataclasses.dataclass(eq=False)
+class VideoBuilderConfig(tfds.core.BuilderConfig):
+  """short_side: stored frames' short side in pixels (0 keeps the file's size)."""
+  short_side: int = 256
+  jpeg_quality: int = 90
+
+
+def short_side_configs(sizes=(256, 320, 160)):
+  """Builder configs 'short256' (the default, listed first), 'short320', 'short160'."""
+  return [VideoBuilderConfig(name=f"short{size}", short_side=size,
+                             description=f"frames stored with a {size}-pixel short side")
+          for size in sizes]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+  key: str  # unique example key and the stored `id`
+  path: str
+  label: str  # class name
+
+
+def video_features(class_label):
+  return tfds.features.FeaturesDict({
+      "video": tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg"),
+      "fps": tfds.features.Scalar(dtype=np.float32),
+      "label": class_label,
+      "id": tfds.features.Text(),
+  })
+
+
+def _encode_item(item, short_side, jpeg_quality):
+  """(item, JpegClip or None, reason or None); never raises for a bad file."""
+  try:
+    return item, video_io.encode_jpeg_frames(item.path, short_side=short_side,
+                                             jpeg_quality=jpeg_quality), None
+  except video_io.VideoDecodeError as error:
+    return item, None, str(error)
+
+
+class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base class; subclasses implement `_split_items` and `_class_names`.
+
+  Constructor argument `num_workers` (default: all CPUs) sets how many clips are decoded at once.
+  """
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = short_side_configs()
+
+  def __init__(self, *, num_workers=None, **kwargs):
+    self._num_workers = num_workers or os.cpu_count() or 1
+    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
+    super().__init__(**kwargs)
+
+  def _manual_dir_or_raise(self, dl_manager):
+    try:
+      return dl_manager.manual_dir
+    except AssertionError as error:
+      raise DatasetNotPreparedError(
+          f"{self.name}: {error}\nTo build it run: {PREPARE_COMMAND.format(name=self.name)}"
+      ) from error
+
+  def _set_class_names(self, names):
+    self.info.features["label"].names = list(names)
+
+  def _split_generators(self, dl_manager):
+    manual_dir = self._manual_dir_or_raise(dl_manager)
+    items_per_split, class_names = self._split_items(manual_dir)
+    self._set_class_names(class_names)
+    known = set(class_names)
+    for split, items in items_per_split.items():
+      unknown = sorted({item.label for item in items} - known)
+      if unknown:
+        raise LabelFileMismatchError(
+            f"{self.name} split {split!r} under {manual_dir} uses labels that are not classes: "
+            f"{unknown[:5]}")
+      require_most_files_present(self.name, split, items, manual_dir)
+    return {split: self._generate_examples(items, split)
+            for split, items in items_per_split.items()}
+
+  def _generate_examples(self, items, split):
+    skipped = self.skipped_files.setdefault(split, [])
+    config = self.builder_config
+    encode = lambda item: _encode_item(item, config.short_side, config.jpeg_quality)  # noqa: E731
+    for item, clip, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
+      if clip is None:
+        logging.warning("%s/%s: skipping undecodable video %s (%s)", self.name, split, item.path,
+                        reason)
+        skipped.append((item.path, reason))
+        continue
+      yield item.key, {"video": clip.frames, "fps": np.float32(clip.fps), "label": item.label,
+                       "id": item.key}
+    if skipped:
+      logging.warning("%s/%s: skipped %d of %d videos that could not be decoded: %s", self.name,
+                      split, len(skipped), len(items), [path for path, _ in skipped])
+    else:
+      logging.info("%s/%s: all %d videos decoded", self.name, split, len(items))
+
+
+def require_most_files_present(name, split, items, manual_dir):
+  """Missing files are skipped like corrupt ones, unless so many are missing that the annotation
+  files and the video folder clearly belong to different datasets (or the folder is wrong)."""
+  missing = [item.path for item in items if not os.path.exists(item.path)]
+  if items and len(missing) * 2 > len(items):
+    raise LabelFileMismatchError(
+        f"{name} split {split!r}: {len(missing)} of {len(items)} videos listed in the annotation "
+        f"files are missing under {manual_dir}, e.g. {missing[:3]}. Put the video files where the "
+        f"annotations expect them, then run: {PREPARE_COMMAND.format(name=name)}")
+  if missing:
+    logging.warning("%s/%s: %d listed videos are missing and will be skipped, e.g. %s", name,
+                    split, len(missing), missing[:5])
+
+
+def find_first(manual_dir, candidates, what, name, instructions):
+  """The first existing path among `candidates` (relative to manual_dir), or a clear error."""
+  for candidate in candidates:
+    path = os.path.join(manual_dir, candidate)
+    if os.path.exists(path):
+      return path
+  raise DatasetNotPreparedError(
+      f"{name}: no {what} in manual dir {manual_dir} (looked for {list(candidates)}).\n"
+      f"{instructions}\nThen run: {PREPARE_COMMAND.format(name=name)}")
+
+
+def index_video_files(folder, extensions=(".mp4", ".webm", ".mkv", ".avi", ".mov")):
+  """{file stem: path} for every video under `folder`, at any depth (flat or per-class layout)."""
+  found = {}
+  for root, _, files in os.walk(folder):
+    for file_name in files:
+      stem, extension = os.path.splitext(file_name)
+      if extension.lower() in extensions:
+        found.setdefault(stem, os.path.join(root, file_name))
+  return found

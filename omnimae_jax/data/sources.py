@@ -1,0 +1,121 @@
+"""TFDS datasets by name: prepared-or-clear-error, per-process splits, undecoded records.
+
+Nothing here downloads: real datasets are built once by the user (see `omnimae_jax.data.prepare`
+and the README's "Preparing data"); only the synthetic demo set is built on demand.
+"""
+from absl import logging
+import tensorflow_datasets as tfds
+
+from omnimae_jax.data import builders  # noqa: F401  (registers our builders with TFDS)
+from omnimae_jax.data._tf import tf
+from omnimae_jax.data.builders.video_builder import PREPARE_COMMAND
+from omnimae_jax.data.errors import DatasetNotPreparedError
+
+DEMO_DATASET = "omnimae_demo"
+
+_HOW_TO_PREPARE = {
+    "imagenet2012": (
+        "put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in a manual "
+        "dir and run: python -m omnimae_jax.data.prepare imagenet2012 --manual_dir=DIR "
+        "--data_dir=DATA_DIR"),
+    "something_something_v2": "see the README section 'Preparing data', then run: "
+                              + PREPARE_COMMAND.format(name="something_something_v2"),
+    "video_csv": "write train.csv (path,label) next to your videos, then run: "
+                 + PREPARE_COMMAND.format(name="video_csv"),
+}
+for _size in (400, 600, 700):
+  _HOW_TO_PREPARE[f"kinetics{_size}"] = (
+      "see the README section 'Preparing data', then run: "
+      + PREPARE_COMMAND.format(name=f"kinetics{_size}"))
+
+
+def how_to_prepare(tfds_name):
+  base_name = tfds_name.split("/")[0].split(":")[0]
+  return _HOW_TO_PREPARE.get(
+      base_name,
+      f"build it once with TFDS (e.g. `tfds build {base_name} --data_dir=DATA_DIR`, adding "
+      "--manual_dir for datasets that need a manual download) before training")
+
+
+def _builder_or_raise(tfds_name, data_dir):
+  try:
+    return tfds.builder(tfds_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise DatasetNotPreparedError(
+        f"unknown TFDS dataset {tfds_name!r} (data_dir {data_dir}); our own builders are "
+        f"{sorted(builders.__all__)} as snake_case names, e.g. 'something_something_v2'"
+    ) from error
+
+
+def load_builder(tfds_name, data_dir):
+  """The TFDS builder of a prepared dataset, or DatasetNotPreparedError saying how to build it."""
+  builder = _builder_or_raise(tfds_name, data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f"dataset {tfds_name!r} is not prepared in data_dir {data_dir} (expected "
+        f"{builder.data_path}); {how_to_prepare(tfds_name)}")
+  return builder
+
+
+def ensure_built(tfds_name, data_dir):
+  """load_builder, except that the synthetic demo set is generated (seconds) when missing.
+
+  Real datasets are never built or downloaded implicitly: they raise DatasetNotPreparedError.
+  """
+  if tfds_name.split("/")[0] != DEMO_DATASET:
+    return load_builder(tfds_name, data_dir)
+  builder = _builder_or_raise(tfds_name, data_dir)
+  if not builder.is_prepared():
+    logging.info("Generating the demo dataset %s in %s", tfds_name, data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  return builder
+
+
+def num_examples(builder, split):
+  """Examples in `split` (slicing such as 'train[:90%]' allowed), with a clear unknown-split error."""
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as error:
+    raise DatasetNotPreparedError(
+        f"dataset {builder.info.full_name!r} in {builder.data_dir} has no split {split!r} "
+        f"({error}); available: {sorted(builder.info.splits.keys())}") from error
+
+
+def split_for_process(split, process_index, process_count):
+  """This process's contiguous, disjoint part of `split`; the parts of all processes cover it."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count)[process_index]
+
+
+def media_and_label_keys(builder, modality):
+  """(pixels feature key, label feature key or None) of a classification dataset."""
+  features = builder.info.features
+  wanted = tfds.features.Video if modality == "video" else tfds.features.Image
+  supervised = builder.info.supervised_keys
+  if supervised and isinstance(features[supervised[0]], wanted):
+    return supervised[0], supervised[1]
+  media = [key for key, feature in features.items() if isinstance(feature, wanted)]
+  if not media:
+    raise DatasetNotPreparedError(
+        f"dataset {builder.info.full_name!r} has no {wanted.__name__} feature for a "
+        f"{modality} source (features: {list(features.keys())}); check the source's modality")
+  return media[0], ("label" if "label" in features else None)
+
+
+def read_records(builder, split, *, media_key, shuffle_seed):
+  """Undecoded examples of `split`: the media feature stays encoded (JPEG bytes, or a [n] vector
+  of JPEG frames) so that skipping and sampling cost no decoding. The file order is shuffled
+  from `shuffle_seed` and the interleave is deterministic, so the order is reproducible."""
+  options = tf.data.Options()
+  options.deterministic = True
+  read_config = tfds.ReadConfig(
+      shuffle_seed=shuffle_seed,
+      try_autocache=False,  # a cached first epoch would fix the order for every later epoch
+      options=options,
+  )
+  return builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                            decoders={media_key: tfds.decode.SkipDecoding()})

@@ -1,0 +1,170 @@
+"""Training-time transforms (SPEC §3.2, §3.3), all stateless in an explicit seed.
+
+Pixels stay uint8 in [0, 255] (rounded and clipped after resizing): normalisation with the
+ImageNet statistics happens on the device through `omnimae_jax.pixels.normalize`, which keeps
+host->device traffic 4x smaller than float32 (it matters for 16-frame video batches).
+"""
+import math
+
+from omnimae_jax.data._tf import tf
+
+# torchvision's RandomResizedCrop tries this many (scale, ratio) draws before its fallback.
+_CROP_ATTEMPTS = 10
+
+
+def _uniform(seed, shape, low=0.0, high=1.0):
+  return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def random_resized_crop_box(height, width, scale, ratio, seed):
+  """torchvision RandomResizedCrop.get_params, stateless: int32 (top, left, crop_h, crop_w).
+
+  Draws `_CROP_ATTEMPTS` (area fraction, log aspect ratio) pairs at once and keeps the first that
+  fits; if none fits it falls back to the largest centred crop whose aspect ratio is in `ratio`.
+  """
+  area_seed, ratio_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  height_f = tf.cast(height, tf.float32)
+  width_f = tf.cast(width, tf.float32)
+  target_area = height_f * width_f * _uniform(area_seed, [_CROP_ATTEMPTS], *scale)
+  aspect = tf.exp(_uniform(ratio_seed, [_CROP_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
+  crop_w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  crop_h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+  first_fit = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  def sampled_box():
+    box_h, box_w = crop_h[first_fit], crop_w[first_fit]
+    offsets = _uniform(offset_seed, [2])
+    top = tf.cast(tf.floor(offsets[0] * tf.cast(height - box_h + 1, tf.float32)), tf.int32)
+    left = tf.cast(tf.floor(offsets[1] * tf.cast(width - box_w + 1, tf.float32)), tf.int32)
+    return tf.stack([top, left, box_h, box_w])
+
+  def centre_fallback_box():
+    in_ratio = width_f / height_f
+    box_w = tf.where(in_ratio > ratio[1], tf.round(height_f * ratio[1]), width_f)
+    box_h = tf.where(in_ratio < ratio[0], tf.round(width_f / ratio[0]), height_f)
+    box_h, box_w = tf.cast(box_h, tf.int32), tf.cast(box_w, tf.int32)
+    return tf.stack([(height - box_h) // 2, (width - box_w) // 2, box_h, box_w])
+
+  return tf.cond(tf.reduce_any(fits), sampled_box, centre_fallback_box)
+
+
+def to_uint8(pixels):
+  """Round and clip resized float pixels back to uint8."""
+  return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+
+def random_flip(pixels, seed, width_axis=-2):
+  """Horizontal flip with probability 1/2."""
+  flip = _uniform(seed, []) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(pixels, [width_axis]), lambda: pixels)
+
+
+def decode_image_shape(encoded):
+  """[height, width] of an encoded image, reading only the JPEG header when it is a JPEG."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.extract_jpeg_shape(encoded)[:2],
+      lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))[:2])
+
+
+def decode_and_crop(encoded, box):
+  """Decode only the crop `box` = (top, left, h, w) of a JPEG (fused op); any other format in full."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_and_crop_jpeg(encoded, box, channels=3),
+      lambda: tf.slice(tf.io.decode_image(encoded, channels=3, expand_animations=False),
+                       [box[0], box[1], 0], [box[2], box[3], 3]))
+
+
+def train_image(encoded, seed, *, image_size, crop_scale, crop_ratio, flip):
+  """Encoded image -> uint8 [image_size, image_size, 3]: RandomResizedCrop (bicubic) + flip."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  shape = decode_image_shape(encoded)
+  box = random_resized_crop_box(shape[0], shape[1], crop_scale, crop_ratio, crop_seed)
+  crop = decode_and_crop(encoded, box)
+  # antialias=True matches torchvision's PIL bicubic when the crop is shrunk.
+  resized = tf.image.resize(crop, [image_size, image_size], method="bicubic", antialias=True)
+  pixels = to_uint8(resized)
+  return random_flip(pixels, flip_seed) if flip else pixels
+
+
+def clip_frame_indices(num_stored, fps, seed, *, num_frames, clip_seconds):
+  """int32 [num_frames] indices of the frames to decode (pytorchvideo RandomClipSampler +
+  UniformTemporalSubsample): a random window of clip_seconds at the stored fps, then num_frames
+  evenly spaced frames in it. A clip shorter than the window uses all its frames, and repeats
+  frames when it has fewer than num_frames."""
+  window = tf.maximum(1, tf.cast(tf.round(clip_seconds * fps), tf.int32))
+  span = tf.minimum(window, num_stored)
+  start_choices = tf.cast(num_stored - span + 1, tf.float32)
+  start = tf.cast(tf.floor(_uniform(seed, []) * start_choices), tf.int32)
+  start = tf.minimum(start, num_stored - span)  # guards the float edge case u*n == n
+  offsets = tf.linspace(0.0, tf.cast(span - 1, tf.float32), num_frames)
+  return start + tf.cast(tf.floor(offsets), tf.int32)
+
+
+def decode_frames(encoded_frames, frame_indices, num_frames):
+  """Decode only the chosen JPEG frames: uint8 [num_frames, H, W, 3]."""
+  chosen = tf.gather(encoded_frames, frame_indices)
+  # One decode op per frame (num_frames is static) so TF runs them in parallel; frames of a
+  # clip share one size, so they stack.
+  return tf.stack([tf.io.decode_jpeg(chosen[i], channels=3) for i in range(num_frames)])
+
+
+def short_side_size(height, width, short_side):
+  """(height, width) after pytorchvideo's ShortSideScale(short_side); 0 keeps the size."""
+  if short_side == 0:
+    return height, width
+  height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  short = tf.minimum(height_f, width_f)
+  new_height = tf.where(height_f <= width_f, float(short_side),
+                        tf.floor(height_f / short * short_side))
+  new_width = tf.where(height_f <= width_f, tf.floor(width_f / short * short_side),
+                       float(short_side))
+  return tf.cast(new_height, tf.int32), tf.cast(new_width, tf.int32)
+
+
+def _normalized_box(box, scaled_size, stored_size):
+  """Crop `box` (pixels of the short-side-scaled frame) as crop_and_resize's normalised box on
+  the stored frame, mapping pixel centres between the two sizes; this fuses ShortSideScale and
+  the crop into one bilinear resample."""
+  top, left, box_h, box_w = [tf.cast(v, tf.float32) for v in tf.unstack(box)]
+  scaled_h, scaled_w = [tf.cast(v, tf.float32) for v in scaled_size]
+  stored_h, stored_w = [tf.cast(v, tf.float32) for v in stored_size]
+
+  def to_stored(coord, scaled, stored):
+    return ((coord + 0.5) * stored / scaled - 0.5) / tf.maximum(stored - 1.0, 1.0)
+
+  return tf.stack([to_stored(top, scaled_h, stored_h), to_stored(left, scaled_w, stored_w),
+                   to_stored(top + box_h - 1.0, scaled_h, stored_h),
+                   to_stored(left + box_w - 1.0, scaled_w, stored_w)])
+
+
+def train_video_replicas(frames, seed, *, num_replicas, image_size, short_side, crop_scale,
+                         crop_ratio, flip):
+  """uint8 [T, H, W, 3] decoded frames -> uint8 [num_replicas, T, S, S, 3].
+
+  Each replica gets its own ShortSideScale + RandomResizedCrop (bilinear, torchvision's default
+  for videos), shared by all its frames, and its own flip when `flip`.
+  """
+  num_frames = frames.shape[0]
+  stored_size = tf.shape(frames)[1], tf.shape(frames)[2]
+  scaled_size = short_side_size(stored_size[0], stored_size[1], short_side)
+  replica_seeds = tf.random.experimental.stateless_split(seed, num_replicas)
+  boxes, flip_seeds = [], []
+  for replica in range(num_replicas):
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(replica_seeds[replica], 2))
+    box = random_resized_crop_box(scaled_size[0], scaled_size[1], crop_scale, crop_ratio,
+                                  crop_seed)
+    boxes.append(_normalized_box(box, scaled_size, stored_size))
+    flip_seeds.append(flip_seed)
+  # One crop_and_resize for all replicas x frames: box r is applied to every frame.
+  per_frame_boxes = tf.repeat(tf.stack(boxes), num_frames, axis=0)  # [R*T, 4]
+  frame_of_box = tf.tile(tf.range(num_frames), [num_replicas])  # [R*T]
+  crops = tf.image.crop_and_resize(frames, per_frame_boxes, frame_of_box,
+                                   [image_size, image_size], method="bilinear")
+  replicas = tf.reshape(to_uint8(crops), [num_replicas, num_frames, image_size, image_size, 3])
+  if not flip:
+    return replicas
+  return tf.stack([random_flip(replicas[r], flip_seeds[r]) for r in range(num_replicas)])
