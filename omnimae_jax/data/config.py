@@ -60,11 +60,15 @@ def _validate_pair(name, cfg, field, low_bound, high_bound):
 
 
 def _validate_masking(name, cfg, patch_size):
-  # Imported here: masking imports TensorFlow, config validation should not need it.
+  # Imported here, not at the top: config files import this module for the defaults and should
+  # not pay for importing TensorFlow (masking needs it).
   from omnimae_jax.data import masking
 
   if cfg.mask_kind not in MASK_KINDS:
     _fail(name, "mask_kind", cfg.mask_kind, f"expected one of {MASK_KINDS}")
+  if cfg.mask_kind == "frame" and cfg.modality == "image":
+    _fail(name, "mask_kind", cfg.mask_kind,
+          "frame masking drops whole time slices and an image has only one")
   if not 0.0 < float(cfg.mask_ratio) < 1.0:
     _fail(name, "mask_ratio", cfg.mask_ratio, "expected a fraction strictly between 0 and 1")
   grid = token_grid(cfg, patch_size)
@@ -73,8 +77,7 @@ def _validate_masking(name, cfg, patch_size):
   if not 0 < visible < num_tokens:
     _fail(name, "mask_ratio", cfg.mask_ratio,
           f"mask_kind={cfg.mask_kind!r} on token grid {grid} leaves {visible} of {num_tokens} "
-          "tokens visible; at least one token must be visible and one masked "
-          "(frame masking needs several temporal slices, so it does not suit images)")
+          "tokens visible; at least one token must be visible and one masked")
 
 
 def validate_source(name, cfg, patch_size):

@@ -29,11 +29,14 @@ class VideoBuilderConfig(tfds.core.BuilderConfig):
   jpeg_quality: int = 90
 
 
-def short_side_configs(sizes=(256, 320, 160)):
-  """Builder configs 'short256' (the default, listed first), 'short320', 'short160'."""
+def short_side_configs(sizes=(256, 320, 160, 128)):
+  """Builder configs 'short256' (the default, listed first), 'short320', 'short160', 'short128',
+  and 'original' (frames stored at the files' own size, e.g. for pre-resized videos)."""
   return [VideoBuilderConfig(name=f"short{size}", short_side=size,
                              description=f"frames stored with a {size}-pixel short side")
-          for size in sizes]
+          for size in sizes] + [
+              VideoBuilderConfig(name="original", short_side=0,
+                                 description="frames stored at the size of the video files")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +109,7 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
     encode = lambda item: _encode_item(item, config.short_side, config.jpeg_quality)  # noqa: E731
     for item, clip, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
       if clip is None:
-        logging.warning("%s/%s: skipping undecodable video %s (%s)", self.name, split, item.path,
-                        reason)
+        logging.warning("%s/%s: skipping undecodable video: %s", self.name, split, reason)
         skipped.append((item.path, reason))
         continue
       yield item.key, {"video": clip.frames, "fps": np.float32(clip.fps), "label": item.label,
