@@ -4,7 +4,7 @@ Every kernel carries logical axis names ('embed', 'mlp', 'heads', 'kv'); the rul
 mesh axes live only in omnimae_jax/train/sharding.py.
 """
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -105,6 +105,32 @@ class Mlp(nn.Module):
     return dense(width, self.hidden_dim, ("mlp", "embed"), "fc2")(x)
 
 
+class Projection(nn.Module):
+  """einsum(x, kernel) + bias, with the kernel created directly in its multi-axis shape.
+
+  Used for qkv ([D, 3, heads, head_dim]) and the output projection ([heads, head_dim, D]) so that
+  each axis carries its own logical name (flax's DenseGeneral boxes the flattened kernel instead).
+  """
+  equation: str
+  kernel_shape: Tuple[int, ...]
+  names: Tuple[Optional[str], ...]
+  kernel_init: Callable
+  bias_axes: int  # how many trailing kernel axes are output axes (the bias's shape)
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", partitioned(self.kernel_init, self.names), self.kernel_shape)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias_shape = self.kernel_shape[-self.bias_axes:]
+      bias = self.param("bias", partitioned(nn.initializers.zeros, self.names[-self.bias_axes:]),
+                        bias_shape)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection split as (3, heads, head_dim)."""
   num_heads: int
@@ -117,17 +143,16 @@ class Attention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"num_heads={self.num_heads} must divide the width {width}")
     head_dim = width // self.num_heads
-    qkv = nn.DenseGeneral(
-        (3, self.num_heads, head_dim), use_bias=self.qkv_bias, dtype=self.dtype, name="qkv",
-        kernel_init=partitioned(xavier_uniform(width, 3 * width), ("embed", None, "heads", "kv")),
-        bias_init=partitioned(nn.initializers.zeros, (None, "heads", "kv")))(x)
+    qkv = Projection(
+        "bld,dthk->blthk", (width, 3, self.num_heads, head_dim), ("embed", None, "heads", "kv"),
+        xavier_uniform(width, 3 * width), bias_axes=3, use_bias=self.qkv_bias, dtype=self.dtype,
+        name="qkv")(x)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, heads, head_dim]
     out = jax.nn.dot_product_attention(query, key, value)  # scale head_dim^-0.5
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name="proj",
-        kernel_init=partitioned(xavier_uniform(width, width), ("heads", "kv", "embed")),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)))(out)
+    return Projection(
+        "blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
+        xavier_uniform(width, width), bias_axes=1, dtype=self.dtype, name="proj")(out)
 
 
 class DropPath(nn.Module):

@@ -114,3 +114,78 @@ def load_training_model(workdir: str) -> Tuple[nn.Module, Dict[str, Any]]:
   state_path = os.path.join(workdir, CHECKPOINTS_DIR, str(step), "state")
   params = _restore_numpy(state_path)["params"]
   return model, {"params": params}
+
+
+# Fields that decide the parameter shapes; the others (dtype, remat, drop path, sizes of the
+# inputs) may change when a run resumes.
+ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                       "decoder_width", "decoder_depth", "decoder_heads", "decoder_qkv_bias",
+                       "num_classes")
+
+
+def architecture(description: Dict[str, Any]) -> Dict[str, Any]:
+  config = description["config"]
+  arch = {"kind": description["kind"]}
+  arch.update({field: config.get(field) for field in ARCHITECTURE_FIELDS})
+  if description["kind"] == "pretrain":
+    arch.pop("num_classes")
+  arch["patch_size"] = list(arch["patch_size"])
+  return arch
+
+
+class TrainCheckpointer:
+  """Training checkpoints in `<workdir>/checkpoints/<step>/{state,meta}`.
+
+  Saves are asynchronous (training goes on while the previous save is written); the last `keep`
+  are kept. `meta` holds the step and the model description, so that a workdir of a different
+  model is refused before anything is compiled, and `load_model` can rebuild the module.
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                           enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
+                                          options=options)
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def read_meta(self, step: int) -> Dict[str, Any]:
+    return self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
+  def check_model(self, model: nn.Module):
+    """Raises CheckpointError when the workdir holds a checkpoint of another architecture."""
+    step = self.latest_step()
+    if step is None:
+      return
+    saved = architecture(self.read_meta(step)["model"])
+    wanted = architecture(model_description(model))
+    if saved != wanted:
+      diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
+      raise CheckpointError(
+          f"{self.directory} holds a checkpoint (step {step}) of a different model; differing "
+          f"fields (saved, configured): {diff}. Use another --workdir, or the config that "
+          f"wrote it.")
+
+  def restore(self, abstract_state):
+    """The latest state, placed on the shardings of `abstract_state`; None if there is none."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
+
+  def save(self, step: int, state, model: nn.Module, extra: Dict[str, Any] = None):
+    meta = {"step": int(step), "model": model_description(model), **(extra or {})}
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

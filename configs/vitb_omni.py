@@ -1,0 +1,24 @@
+"""OmniMAE ViT-B/16 pretraining on ImageNet-1K + Something-Something-v2 (the paper's recipe).
+
+    python main.py --config=configs/vitb_omni.py --workdir=DIR
+    --config=configs/vitb_omni.py:official         # the released yaml: 75% image / 90% video masks
+    --config=configs/vitb_omni.py:sources=images   # MAE on ImageNet only (single-modality baseline)
+    --config=configs/vitb_omni.py:sources=videos   # video MAE on SSv2 only
+"""
+from configs import common
+
+SIZE = "base"
+
+
+def get_config(arg=None):
+  return make(SIZE, arg)
+
+
+def make(size, arg):
+  """Shared by the ViT-B/L/H configs: only the size differs in what the paper describes."""
+  args = common.parse_arg(arg, official=False, sources="both", epochs=800, batch_size=2048)
+  sources = common.pretrain_sources(which=args.sources, official=args.official,
+                                    batch_size=args.batch_size)
+  config = common.pretrain_config(size, sources=sources, epochs=args.epochs)
+  config.lock()
+  return config

@@ -1,0 +1,7 @@
+"""OmniMAE ViT-L/16 pretraining on ImageNet-1K + SSv2. The official ViT-L recipe is not released
+(SPEC §4.1): this uses the ViT-B recipe with the ViT-L model. Args as in vitb_omni.py."""
+from configs import vitb_omni
+
+
+def get_config(arg=None):
+  return vitb_omni.make("large", arg)

@@ -1,0 +1,117 @@
+"""The device mesh, and the only place where logical axis names meet mesh axes.
+
+Strategies (config.sharding):
+- 'dp':      parameters and optimizer state replicated; the batch split over 'data'.
+- 'fsdp':    parameters and optimizer state split along their embedding axis over 'data' too
+             (ZeRO-3 style); XLA gathers each layer's weights when it needs them.
+- 'fsdp_tp': fsdp, plus attention heads and MLP hidden units split over 'model' (Megatron-style
+             tensor parallelism).
+The batch is always split over 'data' (and 'model' holds copies of it).
+"""
+from typing import Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+DATA, MODEL = "data", "model"
+_BATCH = [("batch", DATA)]
+RULES = {
+    "dp": _BATCH,
+    "fsdp": _BATCH + [("embed", DATA), ("decoder_embed", DATA)],
+    "fsdp_tp": _BATCH + [("embed", DATA), ("decoder_embed", DATA), ("mlp", MODEL),
+                         ("heads", MODEL), ("classes", MODEL)],
+}
+
+
+def logical_rules(strategy: str):
+  if strategy not in RULES:
+    raise ValueError(f"sharding={strategy!r}; allowed: {sorted(RULES)}")
+  return RULES[strategy]
+
+
+def make_mesh(axes: Sequence[Tuple[str, int]], devices=None) -> jax.sharding.Mesh:
+  """A mesh from config.mesh, e.g. (('data', -1), ('model', 2)); one -1 takes what is left."""
+  devices = list(jax.devices() if devices is None else devices)
+  names = tuple(name for name, _ in axes)
+  if set(names) != {DATA, MODEL}:
+    raise ValueError(f"mesh: axes must be named {DATA!r} and {MODEL!r}, got {names}")
+  sizes = [int(size) for _, size in axes]
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if sizes.count(-1) > 1 or len(devices) % known:
+    raise ValueError(f"mesh={tuple(axes)} does not fit {len(devices)} devices (at most one -1; "
+                     f"the fixed sizes must divide the device count)")
+  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh={tuple(axes)} uses {int(np.prod(sizes))} devices but "
+                     f"{len(devices)} are present")
+  auto = (jax.sharding.AxisType.Auto,) * len(names)
+  return jax.make_mesh(tuple(sizes), names, axis_types=auto, devices=devices)
+
+
+def data_parallel_size(mesh) -> int:
+  return mesh.shape[DATA]
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis over 'data'; valid for arrays of any rank."""
+  return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _fit_to_shape(spec: PartitionSpec, shape, mesh, where: str) -> PartitionSpec:
+  """Drops a mesh axis from a dimension it does not divide (e.g. 3 heads over 2 devices)."""
+  fitted = []
+  for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    size = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axis)])) if axis else 1
+    if axis and dim % size:
+      logging.warning("sharding: %s dim %d not divisible by mesh axis %s (%d); replicated",
+                      where, dim, axis, size)
+      axis = None
+    fitted.append(axis)
+  return PartitionSpec(*fitted)
+
+
+def param_shardings(abstract_boxed_params, mesh, strategy: str):
+  """NamedShardings for a (boxed, abstract) parameter tree; the tree structure is the unboxed one."""
+  logical = nn.get_partition_spec(abstract_boxed_params)
+  mesh_specs = nn.logical_to_mesh(logical, logical_rules(strategy))
+  shapes = nn.unbox(abstract_boxed_params)
+  paths_and_specs = jax.tree_util.tree_flatten_with_path(
+      mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
+  treedef = jax.tree.structure(shapes)
+  fitted = [
+      NamedSharding(mesh, _fit_to_shape(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
+      for (path, spec), leaf in zip(paths_and_specs, jax.tree.leaves(shapes))]
+  return jax.tree.unflatten(treedef, fitted)
+
+
+def like_params(tree, params, shardings, mesh):
+  """Shardings for a tree (e.g. optimizer state) whose parameter-shaped leaves mirror `params`.
+
+  A leaf whose key path ends with a parameter's key path and whose shape equals that parameter's
+  takes the parameter's sharding (AdamW's mu and nu); anything else (step counts) is replicated.
+  """
+  by_path = {}
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                    jax.tree.leaves(shardings)):
+    by_path[tuple(path)] = (leaf.shape, sharding)
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      shape_and_sharding = by_path.get(tuple(path[start:]))
+      if shape_and_sharding and shape_and_sharding[0] == leaf.shape:
+        return shape_and_sharding[1]
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def activation_rules(strategy: str):
+  """The rules as flax's `nn.logical_axis_rules` context expects them (for activations)."""
+  return tuple(logical_rules(strategy))
