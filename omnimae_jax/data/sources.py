@@ -3,6 +3,8 @@
 Nothing here downloads: real datasets are built once by the user (see `omnimae_jax.data.prepare`
 and the README's "Preparing data"); only the synthetic demo set is built on demand.
 """
+import os
+
 from absl import logging
 import tensorflow_datasets as tfds
 
@@ -33,8 +35,8 @@ def how_to_prepare(tfds_name):
   base_name = tfds_name.split("/")[0].split(":")[0]
   return _HOW_TO_PREPARE.get(
       base_name,
-      f"build it once with TFDS (e.g. `tfds build {base_name} --data_dir=DATA_DIR`, adding "
-      "--manual_dir for datasets that need a manual download) before training")
+      f"build it once before training: python -m omnimae_jax.data.prepare {base_name} "
+      "--data_dir=DATA_DIR (adding --manual_dir=DIR for datasets that need a manual download)")
 
 
 def _builder_or_raise(tfds_name, data_dir):
@@ -49,6 +51,7 @@ def _builder_or_raise(tfds_name, data_dir):
 
 def load_builder(tfds_name, data_dir):
   """The TFDS builder of a prepared dataset, or DatasetNotPreparedError saying how to build it."""
+  data_dir = os.path.expanduser(data_dir)
   builder = _builder_or_raise(tfds_name, data_dir)
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
@@ -64,6 +67,7 @@ def ensure_built(tfds_name, data_dir):
   """
   if tfds_name.split("/")[0] != DEMO_DATASET:
     return load_builder(tfds_name, data_dir)
+  data_dir = os.path.expanduser(data_dir)
   builder = _builder_or_raise(tfds_name, data_dir)
   if not builder.is_prepared():
     logging.info("Generating the demo dataset %s in %s", tfds_name, data_dir)

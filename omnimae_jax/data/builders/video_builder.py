@@ -18,8 +18,9 @@ import tensorflow_datasets as tfds
 from omnimae_jax.data import video_io
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
 
-PREPARE_COMMAND = ("python -m omnimae_jax.data.prepare {name} --manual_dir=DIR --data_dir=DIR "
-                   "(or: tfds build --imports=omnimae_jax.data.builders {name} --manual_dir=DIR)")
+# `tfds build --imports=omnimae_jax.data.builders ...` works too where the TFDS command line's own
+# dependencies (apache_beam) are installed; ours needs nothing beyond requirements.txt.
+PREPARE_COMMAND = "python -m omnimae_jax.data.prepare {name} --manual_dir=DIR --data_dir=DIR"
 
 
 @dataclasses.dataclass(eq=False)
