@@ -99,5 +99,5 @@ def progress_line(step: int, total: int, metrics: Dict) -> str:
 def log_progress(step: int, total: int, metrics: Dict, stream: Optional[object] = None):
   line = progress_line(step, total, metrics)
   logging.info(line)
-  if stream is not None:
+  if stream is not None and jax.process_index() == 0:
     print(line, file=stream, flush=True)
