@@ -144,6 +144,7 @@ def measure(source, warmup_steps, steps):
 
 
 def run(args):
+  settings = _settings(args)  # builds synthetic data first, so its log precedes the table
   cores = _cores()
   print(f"input pipeline benchmark: {cores} CPU cores, {args.steps} timed batches per setting "
         f"after {args.warmup_steps} warm-up batches")
@@ -151,7 +152,7 @@ def run(args):
             f"{'decoded/s':>10} {'samples/s/core':>15} {'decoded/s/core':>15}")
   print(header)
   print("-" * len(header))
-  for name, base_cfg, data_dir, patch_size, seed in _settings(args):
+  for name, base_cfg, data_dir, patch_size, seed in settings:
     for replicas in _replica_counts(base_cfg, args.num_replicas):
       cfg = base_cfg.copy_and_resolve_references()
       cfg.num_replicas = replicas  # batch_size (samples per step) stays, clips per step shrink
