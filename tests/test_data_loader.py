@@ -75,6 +75,7 @@ def test_loader_yields_global_arrays_sharded_over_the_devices(demo_sources, batc
     expected_pixels = (8, 32, 32, 3) if name == "images" else (8, 4, 32, 32, 3)
     assert batch["pixels"].shape == expected_pixels and batch["pixels"].dtype == np.uint8
   assert loader.last_wait_seconds >= 0.0
+  assert loader.corrupt_records == {"images": 0, "videos": 0}
 
 
 def test_loader_follows_the_schedule_across_epochs(demo_sources, batch_sharding):

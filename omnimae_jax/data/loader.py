@@ -55,6 +55,11 @@ class Loader:
     """{source name: steps per epoch}."""
     return dict(self._steps_per_source)
 
+  @property
+  def corrupt_records(self):
+    """{source name: records skipped so far because they could not be decoded}."""
+    return {name: source.corrupt_records for name, source in self._sources.items()}
+
   def epoch_and_position(self, step):
     return divmod(step, self.steps_per_epoch)
 

@@ -9,6 +9,7 @@ Every video dataset has the same features, so the training pipeline reads them a
 A file that cannot be decoded is skipped, logged with its path and counted; the build goes on.
 """
 import dataclasses
+import functools
 import os
 
 from absl import logging
@@ -107,7 +108,8 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
   def _generate_examples(self, items, split):
     skipped = self.skipped_files.setdefault(split, [])
     config = self.builder_config
-    encode = lambda item: _encode_item(item, config.short_side, config.jpeg_quality)  # noqa: E731
+    encode = functools.partial(_encode_item, short_side=config.short_side,
+                               jpeg_quality=config.jpeg_quality)
     for item, clip, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
       if clip is None:
         logging.warning("%s/%s: skipping undecodable video: %s", self.name, split, reason)
