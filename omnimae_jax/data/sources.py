@@ -44,9 +44,8 @@ def _builder_or_raise(tfds_name, data_dir):
     return tfds.builder(tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as error:
     raise DatasetNotPreparedError(
-        f"unknown TFDS dataset {tfds_name!r} (data_dir {data_dir}); our own builders are "
-        f"{sorted(builders.__all__)} as snake_case names, e.g. 'something_something_v2'"
-    ) from error
+        f"unknown TFDS dataset {tfds_name!r} (data_dir {data_dir}); besides the TFDS catalog, "
+        f"this project builds {list(builders.DATASET_NAMES)}") from error
 
 
 def load_builder(tfds_name, data_dir):

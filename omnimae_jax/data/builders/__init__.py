@@ -5,5 +5,9 @@ from omnimae_jax.data.builders.omnimae_demo import OmnimaeDemo
 from omnimae_jax.data.builders.something_something_v2 import SomethingSomethingV2
 from omnimae_jax.data.builders.video_csv import VideoCsv
 
-__all__ = ["Kinetics400", "Kinetics600", "Kinetics700", "OmnimaeDemo", "SomethingSomethingV2",
-           "VideoCsv"]
+# The TFDS names they register (snake_case of the class names).
+DATASET_NAMES = ("something_something_v2", "kinetics400", "kinetics600", "kinetics700",
+                 "video_csv", "omnimae_demo")
+
+__all__ = ["DATASET_NAMES", "Kinetics400", "Kinetics600", "Kinetics700", "OmnimaeDemo",
+           "SomethingSomethingV2", "VideoCsv"]
