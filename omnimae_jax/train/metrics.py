@@ -47,8 +47,7 @@ class MetricsWriter:
       with self._writer.as_default(step=int(step)):
         for key, value in record.items():
           if isinstance(value, (int, float)) and key != "step" and value is not None:
-            tag = f"{record['modality']}/{key}" if key == "loss" and "modality" in record else key
-            self._summary.scalar(tag, value)
+            self._summary.scalar(key, value)
 
   def write_image(self, step: int, tag: str, image: np.ndarray):
     """image: uint8 [H, W, 3]."""
@@ -71,25 +70,49 @@ def _plain(value):
   return value
 
 
-class Progress:
-  """Throughput and ETA from the wall time between logged steps."""
+class Interval:
+  """Accumulates the steps between two log lines: losses per modality, samples, FLOPs, data wait.
 
-  def __init__(self, start_step: int, total_steps: int):
+  Throughput and MFU come from the wall time of the whole interval, so they include everything
+  the loop does (host work, saves), not just device time.
+  """
+
+  def __init__(self, start_step: int, total_steps: int, peak_flops_total=None):
     self.total_steps = total_steps
-    self._last_step = start_step
-    self._last_time = time.perf_counter()
+    self.peak_flops_total = peak_flops_total
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._reset()
 
-  def update(self, step: int) -> Dict[str, float]:
+  def _reset(self):
+    self.losses, self.samples, self.flops, self.data_wait = {}, 0, 0.0, 0.0
+
+  def add(self, source: str, loss: float, samples: int, flops: float, data_wait: float):
+    self.losses.setdefault(source, []).append(loss)
+    self.samples += samples
+    self.flops += flops
+    self.data_wait += data_wait
+
+  def summary(self, step: int) -> Dict:
+    """Metrics of the interval that ends after `step` steps; starts the next interval."""
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)
-    step_time = (now - self._last_time) / steps
+    seconds = max(now - self._last_time, 1e-9)
+    entry = {f"loss_{name}": float(np.mean(values)) for name, values in self.losses.items()}
+    entry.update(
+        samples_per_sec=self.samples / seconds, step_time=seconds / steps,
+        data_wait_time=self.data_wait / steps,
+        mfu=self.flops / seconds / self.peak_flops_total if self.peak_flops_total else None,
+        eta_hours=seconds / steps * (self.total_steps - step) / 3600)
     self._last_step, self._last_time = step, now
-    return {"step_time": step_time, "eta_hours": step_time * (self.total_steps - step) / 3600}
+    self._reset()
+    return entry
 
 
 def progress_line(step: int, total: int, metrics: Dict) -> str:
   mfu = metrics.get("mfu")
-  return (f"step {step}/{total} [{metrics['modality']}] loss {metrics['loss']:.4f} "
+  losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in metrics.items()
+                    if key.startswith("loss_"))
+  return (f"step {step}/{total} loss {losses} "
           f"lr {metrics['lr']:.2e} {metrics['samples_per_sec']:.1f} samples/s "
           f"data wait {metrics['data_wait_time'] * 1e3:.0f} ms "
           + (f"MFU {mfu:.1%} " if mfu is not None else "")

@@ -49,6 +49,7 @@ def say(stream, text):
 
 def validate(config, mesh):
   """Checks that need no data and no compilation; each error names the field."""
+  sharding.logical_rules(config.sharding)  # raises on an unknown strategy
   data_parallel = sharding.data_parallel_size(mesh)
   for name, source in config.data.sources.items():
     if source.batch_size % data_parallel:
@@ -97,10 +98,14 @@ class StepRecord:
   batch_size: int
 
 
-def train(config, workdir: str, *, stream=sys.stdout) -> Dict:
-  """Pretrains; returns a summary (final step, last losses per modality, paths)."""
+def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step=None) -> Dict:
+  """Pretrains; returns a summary (final step and state, last losses per modality, paths).
+
+  devices: the devices of the mesh (default all). stop_at_step: save and return once this many
+  steps are done (a time-boxed session; rerunning resumes).
+  """
   try:
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, mesh)
     model = state_lib.build_model(config.model)
     sources = open_sources(config, model.config.patch_size)
@@ -141,7 +146,8 @@ def train(config, workdir: str, *, stream=sys.stdout) -> Dict:
   peak = flops.peak_flops_per_device(config.peak_flops_per_device)
 
   writer = metrics_lib.MetricsWriter(workdir)
-  progress = metrics_lib.Progress(start_step, total_steps)
+  interval = metrics_lib.Interval(start_step, total_steps,
+                                  peak * jax.device_count() if peak else None)
   preemption = PreemptionHandler()
   last_losses, pending = {}, None
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
@@ -156,17 +162,12 @@ def train(config, workdir: str, *, stream=sys.stdout) -> Dict:
           f"non-finite loss ({loss}) at step {record.step} on {record.source!r}; the run stopped "
           f"and the last good checkpoint in {checkpoints.directory} was kept")
     last_losses[record.source] = loss
+    interval.add(record.source, loss, record.batch_size, record.flops, record.data_wait)
     done = record.step + 1
     if done % config.log_every_steps and done != total_steps:
       return
-    timing = progress.update(done)
-    step_time = timing["step_time"]
     entry = {"modality": record.source, "loss": loss, "lr": float(values["lr"]),
-             "grad_norm": float(values["grad_norm"]),
-             "samples_per_sec": record.batch_size / step_time, "step_time": step_time,
-             "data_wait_time": record.data_wait,
-             "mfu": (record.flops / step_time / (peak * jax.device_count())) if peak else None,
-             "eta_hours": timing["eta_hours"]}
+             "grad_norm": float(values["grad_norm"]), **interval.summary(done)}
     writer.write(done, entry)
     metrics_lib.log_progress(done, total_steps, entry, stream)
 
@@ -184,13 +185,16 @@ def train(config, workdir: str, *, stream=sys.stdout) -> Dict:
       if config.recon_every_steps and done % config.recon_every_steps == 0:
         write_reconstruction(workdir, writer, done, name, predict_fns[name](state["params"], batch),
                              model.config, config.loss.norm_pix)
-      save_now = done % config.checkpoint.every_steps == 0 or done == total_steps
+      stop_now = done == stop_at_step
+      save_now = done % config.checkpoint.every_steps == 0 or done in (total_steps, stop_at_step)
       if save_now or preemption.requested:
         finish(pending)  # never save a state whose loss was not finite
         pending = None
         checkpoints.save(done, state, model)
       if preemption.requested:
         say(stream, f"Preempted: saved step {done}; rerun the same command to resume")
+        break
+      if stop_now:
         break
     if pending is not None:
       finish(pending)
@@ -200,6 +204,7 @@ def train(config, workdir: str, *, stream=sys.stdout) -> Dict:
     writer.close()
     preemption.restore()
   return {"step": int(state["step"]), "total_steps": total_steps, "losses": last_losses,
+          "state": state,
           "workdir": workdir, "preempted": preemption.requested,
           "checkpoints": checkpoints.directory, "metrics": writer.path,
           "reconstructions": os.path.join(workdir, "reconstructions")}

@@ -26,7 +26,7 @@ def _pretrain_step(state, batch, *, model, tx, schedule, norm_pix, seed, accum_s
   loss, grads = jax.value_and_grad(pretrain_loss)(state["params"], batch, rng, model=model,
                                                   norm_pix=norm_pix)
   new_state = apply_gradients(state, grads, tx)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "lr": schedule(state["step"] // accum_steps)}
   return new_state, metrics
 

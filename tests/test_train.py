@@ -1,0 +1,249 @@
+"""Pretraining end to end on the demo dataset: sharding strategies, exact resume, preemption,
+restoring onto other meshes, main.py's outputs and its errors."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo_omni
+from omnimae_jax.data import sources as sources_lib
+from omnimae_jax.train import checkpoint as checkpoint_lib
+from omnimae_jax.train import optim, pretrain, sharding
+from omnimae_jax.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  for name in ("omnimae_demo/images", "omnimae_demo/videos"):
+    sources_lib.ensure_built(name, data_dir)
+  return data_dir
+
+
+def small_config(data_dir, **changes):
+  """The demo config with batches of 16 (video: 4 clips x 4 replicas), logging every step."""
+  config = demo_omni.get_config()
+  with config.unlocked():
+    config.data.data_dir = data_dir
+    for source in config.data.sources.values():
+      source.batch_size = 16
+      source.shuffle_buffer = 64
+    config.total_steps = 6
+    config.log_every_steps = 1
+    config.recon_every_steps = 0
+    config.checkpoint.every_steps = 3
+    for key, value in changes.items():
+      target = config
+      *parents, leaf = key.split(".")
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = value
+  return config
+
+
+def losses_by_step(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: (r["modality"], r["loss"]) for r in records}
+
+
+def run(config, workdir, **kwargs):
+  return pretrain.train(config, str(workdir), stream=io.StringIO(), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding strategies on 8 fake devices
+
+
+@pytest.fixture(scope="module")
+def one_device_run(demo_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_device")
+  config = small_config(demo_data_dir, total_steps=4, sharding="dp", **{
+      "model.num_heads": 4, "model.decoder_heads": 4})
+  summary = run(config, workdir, devices=jax.devices()[:1])
+  return config, workdir, summary
+
+
+@pytest.mark.parametrize("strategy,mesh", [
+    ("dp", (("data", -1), ("model", 1))),
+    ("fsdp", (("data", -1), ("model", 1))),
+    ("fsdp_tp", (("data", -1), ("model", 2))),
+])
+def test_strategies_match_one_device(one_device_run, demo_data_dir, tmp_path, strategy, mesh):
+  reference_config, reference_dir, reference = one_device_run
+  config = small_config(demo_data_dir, total_steps=4, sharding=strategy, mesh=mesh, **{
+      "model.num_heads": 4, "model.decoder_heads": 4})
+  summary = run(config, tmp_path)
+  expected, got = losses_by_step(reference_dir), losses_by_step(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4]
+  for step in expected:
+    assert got[step][0] == expected[step][0]
+    np.testing.assert_allclose(got[step][1], expected[step][1], rtol=2e-5)
+  kernel = summary["state"]["params"]["trunk"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # [192, 768]
+  shard_shape = kernel.addressable_shards[0].data.shape
+  if strategy == "dp":
+    assert shard_shape == (192, 768)
+  elif strategy == "fsdp":  # the embedding axis split over 8 data-parallel devices
+    assert shard_shape == (24, 768)
+    mu = summary["state"]["opt_state"][0][0].mu["trunk"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert mu.addressable_shards[0].data.shape == (24, 768)
+  else:  # 4-way data x 2-way model
+    assert shard_shape == (48, 384)
+    qkv = summary["state"]["params"]["trunk"]["blocks_0"]["attn"]["qkv"]["kernel"]
+    assert qkv.addressable_shards[0].data.shape == (48, 3, 2, 48)
+  np.testing.assert_allclose(
+      jax.device_get(kernel),
+      jax.device_get(reference["state"]["params"]["trunk"]["blocks_0"]["mlp"]["fc1"]["kernel"]),
+      rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_from_8_devices_restores_on_1_and_on_4x2(demo_data_dir, tmp_path):
+  config = small_config(demo_data_dir, total_steps=2, sharding="fsdp",
+                        **{"model.num_heads": 4, "model.decoder_heads": 4})
+  saved = jax.device_get(run(config, tmp_path)["state"])
+  model = state_lib.build_model(config.model)
+  tx = optim.make_optimizer(config.optim, 2)
+  for devices, mesh_axes, strategy in [(jax.devices()[:1], (("data", 1), ("model", 1)), "dp"),
+                                       (jax.devices(), (("data", 4), ("model", 2)), "fsdp_tp")]:
+    mesh = sharding.make_mesh(mesh_axes, devices)
+    abstract, shardings = state_lib.state_shardings(model, tx, mesh, strategy)
+    restored = checkpoint_lib.TrainCheckpointer(tmp_path).restore(
+        state_lib.with_shardings(abstract, shardings))
+    assert int(restored["step"]) == 2
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
+      np.testing.assert_array_equal(a, jax.device_get(b))
+    fc1 = restored["params"]["trunk"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.mesh.shape == mesh.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume
+
+
+def test_resume_is_exact(demo_data_dir, tmp_path):
+  config = small_config(demo_data_dir)
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  run(config, straight)
+  first = run(config, interrupted, stop_at_step=3)
+  assert first["step"] == 3
+  second = run(config, interrupted)
+  assert second["step"] == 6
+  assert losses_by_step(straight) == losses_by_step(interrupted)
+  _, straight_vars = checkpoint_lib.load_model(str(straight))
+  _, resumed_vars = checkpoint_lib.load_model(str(interrupted))
+  for a, b in zip(jax.tree.leaves(straight_vars), jax.tree.leaves(resumed_vars)):
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# main.py as a user runs it
+
+
+def main_py(*args, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs)
+
+
+def demo_flags(data_dir, workdir, *extra):
+  return ["--config=configs/demo_omni.py", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.data.sources.images.batch_size=8",
+          "--config.data.sources.videos.batch_size=8", *extra]
+
+
+def test_main_writes_metrics_checkpoints_and_pictures(demo_data_dir, tmp_path):
+  proc = main_py(*demo_flags(demo_data_dir, tmp_path, "--config.total_steps=4",
+                             "--config.log_every_steps=1", "--config.recon_every_steps=2",
+                             "--config.checkpoint.every_steps=2"))
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "Training finished at step 4 of 4" in out
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2, 3, 4]
+  for key in ("step", "modality", "loss", "lr", "grad_norm", "samples_per_sec", "step_time",
+              "data_wait_time", "mfu"):
+    assert key in records[0]
+  assert all(np.isfinite(r["loss"]) and r["samples_per_sec"] > 0 for r in records)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  pictures = sorted(os.listdir(tmp_path / "reconstructions"))
+  assert any(p.endswith(".png") for p in pictures), pictures
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_sigterm_saves_and_the_run_resumes(demo_data_dir, tmp_path):
+  proc = main_py(*demo_flags(demo_data_dir, tmp_path, "--config.total_steps=100000",
+                             "--config.log_every_steps=1", "--config.recon_every_steps=0",
+                             "--config.checkpoint.every_steps=100000"))
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "Preempted: saved step" in out
+  saved_step = checkpoint_lib.TrainCheckpointer(tmp_path).latest_step()
+  assert saved_step >= 3
+  config = small_config(demo_data_dir, total_steps=saved_step + 1, **{
+      "data.sources.images.batch_size": 8, "data.sources.videos.batch_size": 8})
+  stream = io.StringIO()
+  summary = pretrain.train(config, str(tmp_path), stream=stream)
+  assert f"Resumed at step {saved_step}" in stream.getvalue()
+  assert summary["step"] == saved_step + 1
+
+
+def test_vitb_without_prepared_data_says_how_to_prepare(tmp_path):
+  proc = main_py("--config=configs/vitb_omni.py", f"--workdir={tmp_path / 'w'}",
+                 f"--config.data.data_dir={tmp_path / 'empty'}")
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2
+  assert "Traceback" not in err
+  assert "imagenet2012" in err and "prepare" in err
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  proc = main_py("--config=configs/demo_omni.py", f"--workdir={tmp_path}",
+                 "--config.optim.lrr=0.1")
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  assert "lrr" in err
+  assert not (tmp_path / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad configurations fail before anything compiles
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"data.sources.images.mask_ratio": 1.5}, "mask_ratio"),
+    ({"data.sources.videos.mask_ratio": 0.0}, "mask_ratio"),
+    ({"data.sources.images.batch_size": 12}, "batch_size"),
+    ({"data.sources.images.image_size": 60}, "image_size"),
+    ({"sharding": "zero3"}, "sharding"),
+    ({"mesh": (("data", 3), ("model", -1))}, "mesh"),
+])
+def test_bad_config_is_a_clear_error(demo_data_dir, tmp_path, changes, match):
+  config = small_config(demo_data_dir, **changes)
+  with pytest.raises(pretrain.ConfigError, match=match):
+    run(config, tmp_path)
+
+
+def test_workdir_of_another_model_is_refused(demo_data_dir, tmp_path):
+  run(small_config(demo_data_dir, total_steps=1), tmp_path)
+  other = small_config(demo_data_dir, total_steps=2, **{"model.num_heads": 4})
+  with pytest.raises(checkpoint_lib.CheckpointError, match="num_heads"):
+    run(other, tmp_path)
