@@ -13,3 +13,13 @@ import jax  # noqa: E402
 
 # fp32 matmuls on CPU so numerical comparisons in tests are tight.
 jax.config.update("jax_default_matmul_precision", "float32")
+
+# Many tests compile the same tiny steps; a persistent compilation cache shared by the session
+# (and by the main.py subprocesses the tests start) compiles each of them once.
+_CACHE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"omnimae_jax_test_xla_cache_{os.getuid()}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
