@@ -62,6 +62,18 @@ class TensorRule:
   to_flax: Callable[[np.ndarray, tuple], np.ndarray]  # (file tensor, our shape) -> our tensor
 
 
+def _transposed(matrix: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
+  """matrix.T as a new C-contiguous array, copied in row blocks.
+
+  NumPy's whole-matrix transposing copy strides through memory; blocks that stay in cache make
+  it about 3x faster, which matters for ViT-H's 650M parameters.
+  """
+  out = np.empty(matrix.shape[::-1], matrix.dtype)
+  for start in range(0, matrix.shape[0], rows_per_block):
+    out[:, start:start + rows_per_block] = matrix[start:start + rows_per_block].T
+  return out
+
+
 def _dense(num_input_axes: int) -> TensorRule:
   """nn.Linear weight [out, in] -> kernel [*input axes, *output axes].
 
@@ -71,7 +83,7 @@ def _dense(num_input_axes: int) -> TensorRule:
   """
   return TensorRule(
       torch_shape=lambda s: (math.prod(s[num_input_axes:]), math.prod(s[:num_input_axes])),
-      to_flax=lambda w, s: w.T.reshape(s))
+      to_flax=lambda w, s: _transposed(w).reshape(s))
 
 
 CONV3D = TensorRule(  # Conv3d weight [O, C, kt, kh, kw] -> kernel [kt, kh, kw, C, O]

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import zlib
 
+import jax
 import numpy as np
 import pytest
 from scipy import special
 
 from omnimae_jax import convert, models
+from omnimae_jax.models import mae
 from omnimae_jax.train import checkpoint
 from test_convert_torchfile import Global, Reduce, save_torch_zip
 
@@ -42,19 +44,23 @@ def official_sincos(num_positions, dim):
 
 
 def _block_entries(prefix, flax_prefix, width, heads, qkv_bias):
-  """(torch key, torch shape, our path, torch tensor -> our tensor) for one transformer block."""
+  """(torch key, torch shape, our path, our tensor -> torch layout) for one transformer block.
+
+  The last item maps our tensor back to the file's layout, possibly with a fused axis split
+  (e.g. qkv rows as (3, heads, head_dim)); the file tensor is reshaped to match before comparing.
+  """
   head_dim = width // heads
-  linear = lambda w: w.T
-  same = lambda w: w
+  linear = lambda kernel: kernel.T
+  same = lambda value: value
   entries = [
       (f"{prefix}norm1.weight", (width,), flax_prefix + ("norm1", "scale"), same),
       (f"{prefix}norm1.bias", (width,), flax_prefix + ("norm1", "bias"), same),
       # rows of qkv.weight are (q|k|v, head, head_dim); ours is [D, 3, heads, head_dim]
       (f"{prefix}attn.qkv.weight", (3 * width, width), flax_prefix + ("attn", "qkv", "kernel"),
-       lambda w: w.reshape(3, heads, head_dim, width).transpose(3, 0, 1, 2)),
+       lambda kernel: kernel.transpose(1, 2, 3, 0)),
       # columns of proj.weight are (head, head_dim); ours is [heads, head_dim, D]
       (f"{prefix}attn.proj.weight", (width, width), flax_prefix + ("attn", "proj", "kernel"),
-       lambda w: w.reshape(width, heads, head_dim).transpose(1, 2, 0)),
+       lambda kernel: kernel.transpose(2, 0, 1)),
       (f"{prefix}attn.proj.bias", (width,), flax_prefix + ("attn", "proj", "bias"), same),
       (f"{prefix}norm2.weight", (width,), flax_prefix + ("norm2", "scale"), same),
       (f"{prefix}norm2.bias", (width,), flax_prefix + ("norm2", "bias"), same),
@@ -67,21 +73,20 @@ def _block_entries(prefix, flax_prefix, width, heads, qkv_bias):
   ]
   if qkv_bias:
     entries.append((f"{prefix}attn.qkv.bias", (3 * width,), flax_prefix + ("attn", "qkv", "bias"),
-                    lambda b: b.reshape(3, heads, head_dim)))
+                    same))
   return entries
 
 
 def official_entries(layout, num_positions, kind="pretrain", num_classes=None,
                      decoder_qkv_bias=False, head_prefix="head."):
-  """Every key of an official state dict (SPEC §6.2) with its shape and where it must land.
-
-  Position buffers have no destination (None): they are compared, not stored.
+  """Every key of an official state dict (SPEC §6.2): (key, shape, our path, our tensor -> the
+  file's layout). Position buffers have no destination (None): they are compared, not stored.
   """
   lay = LAYOUTS[layout]
   width, patch = lay["width"], lay["patch"]
   entries = [("trunk.pos_embed", (1, num_positions, width), None, None),
              ("trunk.patch_embed.proj.1.weight", (width, 3) + patch,
-              ("trunk", "patch_embed", "proj", "kernel"), lambda w: w.transpose(2, 3, 4, 1, 0)),
+              ("trunk", "patch_embed", "proj", "kernel"), lambda kernel: kernel.transpose(4, 3, 0, 1, 2)),
              ("trunk.patch_embed.proj.1.bias", (width,), ("trunk", "patch_embed", "proj", "bias"),
               lambda b: b)]
   for i in range(lay["depth"]):
@@ -120,13 +125,17 @@ def official_value(key, shape):
   """
   if key.endswith("pos_embed"):
     return official_sincos(shape[1], shape[2])
-  index = np.arange(int(np.prod(shape)), dtype=np.uint32) + np.uint32(zlib.crc32(key.encode()))
-  index *= np.uint32(2654435761)  # wraps modulo 2**32: a bijection that scatters neighbours
-  index >>= np.uint32(8)
-  values = index.astype(np.float32).reshape(shape) * np.float32(2.0**-24) - np.float32(0.5)
-  if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
-    return 1.0 + 0.2 * values
-  return 0.2 * values
+  bits = np.arange(int(np.prod(shape)), dtype=np.uint32)  # the only allocation: all in place
+  bits += np.uint32(zlib.crc32(key.encode()))
+  bits *= np.uint32(2654435761)  # wraps modulo 2**32: a bijection that scatters neighbours
+  bits >>= np.uint32(9)  # 23 random mantissa bits ...
+  bits |= np.uint32(0x3F800000)  # ... under the exponent of 1.0: a float32 in [1, 2)
+  values = bits.view(np.float32).reshape(shape)
+  values -= np.float32(1.0)
+  values *= np.float32(0.2)
+  is_norm_weight = key.endswith(("norm1.weight", "norm2.weight", "norm.weight"))
+  values += np.float32(0.9 if is_norm_weight else -0.1)  # [0.9, 1.1) or [-0.1, 0.1)
+  return values
 
 
 class LazyStateDict(collections.abc.Mapping):
@@ -153,18 +162,20 @@ def official_state(entries):
 
 
 def assert_every_tensor_placed(entries, params):
-  """Each file tensor, transformed by the test's own rule, equals the converted leaf; and the
+  """Each converted leaf, mapped back by the test's own rule, equals the file tensor; and the
   converted tree has no leaf the file did not provide (except zero-filled decoder qkv biases)."""
   placed = set()
-  for key, shape, path, to_flax in entries:
+  for key, shape, path, to_torch in entries:
     if path is None:
       continue
     leaf = params
     for name in path:
       leaf = leaf[name]
-    expected = to_flax(official_value(key, shape))
-    if not np.array_equal(np.asarray(leaf), expected):  # the fast check; then the message
-      np.testing.assert_array_equal(np.asarray(leaf), expected, err_msg=key)
+    ours = to_torch(np.asarray(leaf))  # views: no copy of ViT-H's 2.6 GB
+    tensor = official_value(key, shape)
+    assert tensor.size == ours.size, key
+    if not np.array_equal(ours, tensor.reshape(ours.shape)):  # the fast check; then the message
+      np.testing.assert_array_equal(ours, tensor.reshape(ours.shape), err_msg=key)
     placed.add(path)
   leaves = set()
 
@@ -264,6 +275,14 @@ def ref_classifier(state, layout, pixels, head_prefix):
   return ref_linear(features, state, head_prefix)
 
 
+def predict(model, variables, pixels, mask=None):
+  """The model's output, jitted (one compile instead of hundreds of eager op compiles)."""
+  if mask is None:
+    return np.asarray(jax.jit(model.apply)(variables, pixels))
+  keep_idx = mae.check_mask(mask, mask.shape[0], mask.shape[1])
+  return np.asarray(jax.jit(model.apply)(variables, pixels, mask, keep_idx))
+
+
 def to_torch_layout(pixels):
   return pixels.transpose(0, 3, 1, 2) if pixels.ndim == 4 else pixels.transpose(0, 4, 1, 2, 3)
 
@@ -321,7 +340,7 @@ def test_tiny_pretrain_file_converts_and_predicts_like_the_official_model(
   video, image = make_inputs()
   for pixels, num_tokens, num_masked in ((video, 8, 5), (image, 4, 3)):
     mask = random_mask(2, num_tokens, num_masked, seed=num_tokens)
-    ours = np.asarray(model.apply(variables, pixels, mask))
+    ours = predict(model, variables, pixels, mask)
     reference = ref_pretrain(state, "tiny", to_torch_layout(pixels.astype(np.float64)), mask)
     assert ours.shape == (2, num_tokens, 1536)
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
@@ -342,7 +361,7 @@ def test_fine_tuned_file_loads_as_the_classifier(tmp_path, head_prefix, trainer)
   assert assert_every_tensor_placed(entries, variables["params"]) == set()
   video, image = make_inputs(1)
   for pixels in (video, image):
-    logits = np.asarray(model.apply(variables, pixels))
+    logits = predict(model, variables, pixels)
     reference = ref_classifier(state, "tiny", to_torch_layout(pixels.astype(np.float64)),
                                head_prefix)
     assert logits.shape == (2, 7)
@@ -386,7 +405,7 @@ def test_projector_head_and_ddp_prefix_and_requested_decoder_bias(tmp_path):
   mask = random_mask(2, 8, 6, seed=3)
   reference = ref_pretrain(state, "tiny", to_torch_layout(video.astype(np.float64)), mask,
                            head_prefix="heads.0.projector.")
-  np.testing.assert_allclose(np.asarray(model.apply(variables, video, mask)), reference,
+  np.testing.assert_allclose(predict(model, variables, video, mask), reference,
                              rtol=1e-4, atol=1e-4)
 
 
