@@ -1,6 +1,7 @@
 """Benchmarks that print figures (they are scripts, not timed tests).
 
   python -m omnimae_jax.benchmark input [flags]   host input pipeline throughput per CPU core
+  python -m omnimae_jax.benchmark step --config=F  training step time, samples/s and MFU
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args)`; add a
 command by adding one line to COMMANDS.
@@ -14,6 +15,8 @@ import sys
 COMMANDS = {
     "input": ("omnimae_jax.data.benchmark_input",
               "input pipeline: images/s and clips/s per CPU core, with and without replication"),
+    "step": ("omnimae_jax.train.benchmark_step",
+             "training step: compile time, step time, samples/s and MFU per modality"),
 }
 
 

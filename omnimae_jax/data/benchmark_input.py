@@ -5,9 +5,10 @@ replication. Measures the host pipeline alone (decode, crop, mask, batch), no de
   python -m omnimae_jax.benchmark input --config=configs/demo_omni.py
   python -m omnimae_jax.benchmark input --synthetic=ssv2_like --synthetic_dir=/tmp/bench
 """
-import importlib.util
 import os
 import time
+
+from omnimae_jax.config_file import load_config
 
 # Synthetic raw downloads, built once in --synthetic_dir with the real builders:
 # ssv2_like: 256-short-side stored clips (from 240x320 mp4 at 12 fps, 48 frames), read with the
@@ -47,15 +48,6 @@ def add_arguments(parser):
 
 def _cores():
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _load_config_file(spec):
-  """ml_collections-style `path.py[:arg]` -> get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def _build_synthetic(kind, root, count):
@@ -100,7 +92,7 @@ def _flag_source(args, tfds_name, data_dir):
 def _settings(args):
   """[(label, cfg, data_dir, patch_size, seed)] to measure."""
   if args.config:
-    config = _load_config_file(args.config)
+    config = load_config(args.config)
     wanted = [name for name in args.sources.split(",") if name] or list(config.data.sources)
     return [(name, config.data.sources[name], config.data.data_dir,
              tuple(config.model.patch_size), config.seed) for name in wanted]
