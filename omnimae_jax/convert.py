@@ -15,9 +15,8 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -26,101 +25,14 @@ import numpy as np
 from flax import traverse_util
 
 from omnimae_jax import models, torch_reader
+from omnimae_jax import official_layout as layout
 from omnimae_jax.models import layers
 from omnimae_jax.models.vit import ModelConfig
 from omnimae_jax.train import checkpoint
 
-# Where the output head lives: OmniMAE(trunk, head) in the published files; the trainer's
-# MIMOHeadWrapper names it heads.0, and the pretraining MAEHead wraps it as heads.0.projector.
-HEAD_PREFIXES = ("head.", "heads.0.projector.", "heads.0.")
-PATCH_EMBED_WEIGHT = "trunk.patch_embed.proj.1.weight"  # index 1 of Sequential[PadIm2Video, Conv3d]
-ENCODER_POSITIONS = "trunk.pos_embed"
-DECODER_POSITIONS = "trunk.decoder.pos_embed"
-MAX_LISTED_PROBLEMS = 25
-
 
 class ConversionError(ValueError):
   """The file does not hold an OmniMAE model we can build, or it does not fit the one asked for."""
-
-
-# ---------------------------------------------------------------------------- tensor mapping
-
-# Our parameter path ('/'-joined) -> the official key ('/' later becomes '.'), applied in order.
-KEY_RENAMES = (
-    (r"^decoder/mask_token$", "trunk/mask_token"),  # the official model keeps it in the trunk
-    (r"^decoder/", "trunk/decoder/"),
-    (r"^trunk/patch_embed/proj/", "trunk/patch_embed/proj/1/"),
-    (r"blocks_(\d+)/", r"blocks/\1/"),
-    (r"/(kernel|scale)$", "/weight"),  # Dense kernel and LayerNorm scale are torch's 'weight'
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorRule:
-  """How one file tensor becomes one of our parameters."""
-  torch_shape: Callable[[tuple], tuple]  # our shape -> the shape the file must hold
-  to_flax: Callable[[np.ndarray, tuple], np.ndarray]  # (file tensor, our shape) -> our tensor
-
-
-def _transposed(matrix: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
-  """matrix.T as a new C-contiguous array, copied in row blocks.
-
-  NumPy's whole-matrix transposing copy strides through memory; blocks that stay in cache make
-  it about 3x faster, which matters for ViT-H's 650M parameters.
-  """
-  out = np.empty(matrix.shape[::-1], matrix.dtype)
-  for start in range(0, matrix.shape[0], rows_per_block):
-    out[:, start:start + rows_per_block] = matrix[start:start + rows_per_block].T
-  return out
-
-
-def _dense(num_input_axes: int) -> TensorRule:
-  """nn.Linear weight [out, in] -> kernel [*input axes, *output axes].
-
-  torch's fused qkv output index is (s*heads + h)*head_dim + d and its proj input index is
-  h*head_dim + d, so a transpose and a reshape give our qkv [D, 3, heads, head_dim] and proj
-  [heads, head_dim, D].
-  """
-  return TensorRule(
-      torch_shape=lambda s: (math.prod(s[num_input_axes:]), math.prod(s[:num_input_axes])),
-      to_flax=lambda w, s: _transposed(w).reshape(s))
-
-
-CONV3D = TensorRule(  # Conv3d weight [O, C, kt, kh, kw] -> kernel [kt, kh, kw, C, O]
-    torch_shape=lambda s: (s[4], s[3], s[0], s[1], s[2]),
-    to_flax=lambda w, s: w.transpose(2, 3, 4, 1, 0))
-FLAT = TensorRule(  # biases and LayerNorm weights; the qkv bias [3D] -> [3, heads, head_dim]
-    torch_shape=lambda s: (math.prod(s),), to_flax=lambda w, s: w.reshape(s))
-AS_IS = TensorRule(torch_shape=tuple, to_flax=lambda w, s: w)
-
-TENSOR_RULES = (  # first match wins
-    (r"patch_embed/proj/kernel$", CONV3D),
-    (r"attn/proj/kernel$", _dense(2)),
-    (r"kernel$", _dense(1)),
-    (r"mask_token$", AS_IS),  # [1, D] in both
-    (r"(bias|scale)$", FLAT),
-)
-
-
-def torch_key(path: Tuple[str, ...], head_prefix: str) -> str:
-  """The official state-dict key of one of our parameters (a flattened-dict path)."""
-  name = "/".join(path)
-  for pattern, replacement in KEY_RENAMES:
-    name = re.sub(pattern, replacement, name)
-  name = name.replace("/", ".")
-  return head_prefix + name[len("head."):] if name.startswith("head.") else name
-
-
-def tensor_rule(path: Tuple[str, ...]) -> TensorRule:
-  name = "/".join(path)
-  for pattern, rule in TENSOR_RULES:
-    if re.search(pattern, name):
-      return rule
-  raise AssertionError(f"no mapping rule for parameter {name}")  # a model change: extend the table
-
-
-def is_decoder_qkv_bias(path: Tuple[str, ...]) -> bool:
-  return path[0] == "decoder" and path[-3:] == ("attn", "qkv", "bias")
 
 
 # ----------------------------------------------------------------- reading the architecture
@@ -175,29 +87,16 @@ def model_state(loaded, source: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
   state = dict(loaded)
   if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
     state = {k[len("module."):]: v for k, v in state.items()}
-  if PATCH_EMBED_WEIGHT not in state:
-    raise ConversionError(f"{source}: not an OmniMAE checkpoint: no {PATCH_EMBED_WEIGHT} "
+  if layout.PATCH_EMBED_WEIGHT not in state:
+    raise ConversionError(f"{source}: not an OmniMAE checkpoint: no {layout.PATCH_EMBED_WEIGHT} "
                           f"(keys start with {sorted(state)[:5]})")
   return state, skipped
 
 
-def find_head_prefix(state: Mapping[str, np.ndarray]) -> Optional[str]:
-  return next((p for p in HEAD_PREFIXES if p + "weight" in state), None)
-
-
-def block_indices(state: Mapping[str, np.ndarray], prefix: str) -> List[int]:
-  pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-  return sorted({int(m.group(1)) for key in state for m in [pattern.match(key)] if m})
-
-
-def detect_kind(state: Mapping[str, np.ndarray]) -> str:
-  return "pretrain" if any(k.startswith("trunk.decoder.") for k in state) else "classifier"
-
-
 def detect_size(state: Mapping[str, np.ndarray], source: str) -> str:
   """The named size whose width, depth and patch size the file's trunk has."""
-  width, _, *patch = state[PATCH_EMBED_WEIGHT].shape
-  depth = len(block_indices(state, "trunk.blocks."))
+  width, _, *patch = state[layout.PATCH_EMBED_WEIGHT].shape
+  depth = len(layout.block_indices(state, "trunk.blocks."))
   for name in models.VARIANTS:
     cfg = models.model_config(name)
     if (cfg.width, cfg.depth, tuple(cfg.patch_size)) == (width, depth, tuple(patch)):
@@ -216,7 +115,7 @@ def clip_geometry(state: Mapping[str, np.ndarray], patch_size, overrides: dict,
   The table is 1-D over T'*H'*W' positions, so its length alone cannot tell T' from H'W': the
   official num_frames (16) is assumed unless one of the two is given.
   """
-  table = state.get(ENCODER_POSITIONS)
+  table = state.get(layout.ENCODER_POSITIONS)
   if table is None or ("img_size" in overrides and "num_frames" in overrides):
     return {}
   positions = table.shape[-2]
@@ -240,12 +139,10 @@ def architecture(state: Mapping[str, np.ndarray], head_prefix: Optional[str], ki
                  source: str, overrides: dict) -> dict:
   """ModelConfig fields the file decides (the named size fixes the rest); overrides win."""
   fields = {"qkv_bias": "trunk.blocks.0.attn.qkv.bias" in state}
-  patch_size = tuple(state[PATCH_EMBED_WEIGHT].shape[2:])
+  patch_size = tuple(state[layout.PATCH_EMBED_WEIGHT].shape[2:])
   fields.update(clip_geometry(state, patch_size, overrides, source))
   if kind == "pretrain":
-    decoder_blocks = block_indices(state, "trunk.decoder.decoder_blocks.")
-    fields["decoder_qkv_bias"] = any(
-        f"trunk.decoder.decoder_blocks.{j}.attn.qkv.bias" in state for j in decoder_blocks)
+    fields["decoder_qkv_bias"] = layout.file_has_decoder_qkv_bias(state)
   elif head_prefix is not None:
     fields["num_classes"] = state[head_prefix + "weight"].shape[0]
   return {**fields, **overrides}
@@ -269,34 +166,30 @@ def parameter_shapes(model: nn.Module) -> Dict[Tuple[str, ...], jax.ShapeDtypeSt
   return traverse_util.flatten_dict(nn.unbox(variables)["params"])
 
 
-def file_has_decoder_qkv_bias(state: Mapping[str, np.ndarray]) -> bool:
-  return any(k.startswith("trunk.decoder.") and k.endswith(".attn.qkv.bias") for k in state)
-
-
 def map_parameters(state: Mapping[str, np.ndarray], shapes, head_prefix: str,
                    report: ConversionReport, problems: List[str]) -> Tuple[dict, set]:
   """{path: float32 array} for every parameter found in the file, and the file keys used."""
   params, used = {}, set()
   # The published files have no decoder qkv bias (SPEC §1.3): a model built with one starts it
   # at zero, which computes exactly the official function.
-  zero_fill_decoder_qkv_bias = not file_has_decoder_qkv_bias(state)
+  zero_fill_decoder_qkv_bias = not layout.file_has_decoder_qkv_bias(state)
   for path, spec in shapes.items():
-    key = torch_key(path, head_prefix)
+    key = layout.torch_key(path, head_prefix)
     name = "/".join(path)
     if key not in state:
-      if is_decoder_qkv_bias(path) and zero_fill_decoder_qkv_bias:
+      if layout.is_decoder_qkv_bias(path) and zero_fill_decoder_qkv_bias:
         params[path] = np.zeros(spec.shape, np.float32)
         report.zero_filled.append(name)
       else:
         problems.append(f"{name}: not filled (no {key} in the file)")
       continue
-    rule = tensor_rule(path)
+    rule = layout.tensor_rule(path)
     tensor = state[key]
     expected = tuple(rule.torch_shape(spec.shape))
     if tuple(tensor.shape) != expected:
       problems.append(f"{key}: shape {tuple(tensor.shape)} in the file, {expected} expected "
                       f"(for {name} {tuple(spec.shape)})")
-    elif not np.issubdtype(np.asarray(tensor).dtype, np.floating):
+    elif not layout.is_floating(tensor.dtype):
       problems.append(f"{key}: dtype {tensor.dtype}, expected floating point")
     else:
       value = rule.to_flax(np.asarray(tensor).astype(np.float32, copy=False), spec.shape)
@@ -310,9 +203,9 @@ def check_position_tables(state: Mapping[str, np.ndarray], model: nn.Module,
   """Compares stored position buffers with layers.sincos_table: (keys examined, keys equal)."""
   cfg = model.config
   num_positions = math.prod(cfg.table_grid)
-  keys = [ENCODER_POSITIONS]
+  keys = [layout.ENCODER_POSITIONS]
   if isinstance(model, models.MAEPretrain):
-    keys.append(DECODER_POSITIONS)  # the decoder's own copy, at encoder width (SPEC §1.2)
+    keys.append(layout.DECODER_POSITIONS)  # the decoder's own copy, at encoder width (SPEC §1.2)
   examined = [key for key in keys if key in state]
   checked = []
   for key in examined:
@@ -334,24 +227,22 @@ def check_position_tables(state: Mapping[str, np.ndarray], model: nn.Module,
 
 
 def _raise_problems(problems: List[str], source: str, report: ConversionReport):
-  listed = problems[:MAX_LISTED_PROBLEMS]
-  more = len(problems) - len(listed)
+  # Every problem is listed: a user comparing architectures needs the whole picture.
   raise ConversionError(
       f"{source}: does not fit the {report.size} {report.kind} model "
-      f"({len(problems)} problem(s); nothing written):\n  " + "\n  ".join(listed)
-      + (f"\n  ... and {more} more" if more else ""))
+      f"({len(problems)} problem(s); nothing written):\n  " + "\n  ".join(problems))
 
 
 def resolve_model(state: Mapping[str, np.ndarray], source: str, size: Optional[str],
                   kind: Optional[str], overrides: dict) -> Tuple[nn.Module, ConversionReport, str]:
   """The module the file describes (size and kind detected unless given), and its head prefix."""
-  detected_kind = detect_kind(state)
+  detected_kind = layout.detect_kind(state)
   if kind is not None and kind != detected_kind:
     has = "has" if detected_kind == "pretrain" else "has no"
     raise ConversionError(f"{source}: kind {kind!r} requested, but the file is a "
                           f"{detected_kind} checkpoint (it {has} trunk.decoder.* weights)")
   size = size or detect_size(state, source)
-  head_prefix = find_head_prefix(state)
+  head_prefix = layout.find_head_prefix(state)
   fields = architecture(state, head_prefix, detected_kind, source, overrides)
   try:
     model = models.build(size, detected_kind, **fields)

@@ -11,6 +11,7 @@ import sys
 import zlib
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 from scipy import special
@@ -85,8 +86,10 @@ def official_entries(layout, num_positions, kind="pretrain", num_classes=None,
   lay = LAYOUTS[layout]
   width, patch = lay["width"], lay["patch"]
   entries = [("trunk.pos_embed", (1, num_positions, width), None, None),
+             # Conv3d [O, C, kt, kh, kw]; ours [kt, kh, kw, C, O]
              ("trunk.patch_embed.proj.1.weight", (width, 3) + patch,
-              ("trunk", "patch_embed", "proj", "kernel"), lambda kernel: kernel.transpose(4, 3, 0, 1, 2)),
+              ("trunk", "patch_embed", "proj", "kernel"),
+              lambda kernel: kernel.transpose(4, 3, 0, 1, 2)),
              ("trunk.patch_embed.proj.1.bias", (width,), ("trunk", "patch_embed", "proj", "bias"),
               lambda b: b)]
   for i in range(lay["depth"]):
@@ -161,7 +164,7 @@ def official_state(entries):
   return collections.OrderedDict((key, official_value(key, shape)) for key, shape, _, _ in entries)
 
 
-def assert_every_tensor_placed(entries, params):
+def assert_every_tensor_placed(entries, params, values=official_value):
   """Each converted leaf, mapped back by the test's own rule, equals the file tensor; and the
   converted tree has no leaf the file did not provide (except zero-filled decoder qkv biases)."""
   placed = set()
@@ -172,7 +175,7 @@ def assert_every_tensor_placed(entries, params):
     for name in path:
       leaf = leaf[name]
     ours = to_torch(np.asarray(leaf))  # views: no copy of ViT-H's 2.6 GB
-    tensor = official_value(key, shape)
+    tensor = values(key, shape)
     assert tensor.size == ours.size, key
     if not np.array_equal(ours, tensor.reshape(ours.shape)):  # the fast check; then the message
       np.testing.assert_array_equal(ours, tensor.reshape(ours.shape), err_msg=key)
@@ -407,6 +410,17 @@ def test_projector_head_and_ddp_prefix_and_requested_decoder_bias(tmp_path):
                            head_prefix="heads.0.projector.")
   np.testing.assert_allclose(predict(model, variables, video, mask), reference,
                              rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_files(dtype):
+  entries = official_entries("tiny", 8)
+  half = lambda key, shape: official_value(key, shape).astype(dtype).astype(np.float32)
+  state = {key: official_value(key, shape).astype(dtype) for key, shape, _, _ in entries}
+  _, variables, report = convert.convert_state_dict(state, img_size=TINY_IMG)
+  assert report.checked_buffers == ["trunk.pos_embed", "trunk.decoder.pos_embed"]
+  assert jax.tree.leaves(variables)[0].dtype == np.float32
+  assert assert_every_tensor_placed(entries, variables["params"], values=half) == set()
 
 
 def test_pickled_code_is_refused_and_nothing_written(tmp_path, capsys):
