@@ -90,6 +90,9 @@ def model_state(loaded, source: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
   if layout.PATCH_EMBED_WEIGHT not in state:
     raise ConversionError(f"{source}: not an OmniMAE checkpoint: no {layout.PATCH_EMBED_WEIGHT} "
                           f"(keys start with {sorted(state)[:5]})")
+  if state[layout.PATCH_EMBED_WEIGHT].ndim != 5:
+    raise ConversionError(f"{source}: {layout.PATCH_EMBED_WEIGHT} has shape "
+                          f"{state[layout.PATCH_EMBED_WEIGHT].shape}, not a Conv3d weight")
   return state, skipped
 
 
@@ -118,6 +121,9 @@ def clip_geometry(state: Mapping[str, np.ndarray], patch_size, overrides: dict,
   table = state.get(layout.ENCODER_POSITIONS)
   if table is None or ("img_size" in overrides and "num_frames" in overrides):
     return {}
+  if table.ndim not in (2, 3):
+    raise ConversionError(f"{source}: {layout.ENCODER_POSITIONS} has shape {table.shape}, not "
+                          f"a [1, N, D] position table")
   positions = table.shape[-2]
   pt, ph, pw = patch_size
   if "img_size" in overrides:
