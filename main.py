@@ -88,9 +88,10 @@ def main(argv):
 
 def print_summary(summary):
   state = "preempted at" if summary["preempted"] else "finished at"
-  losses = ", ".join(f"{name} {loss:.4f}" for name, loss in summary["losses"].items())
+  losses = ", ".join(f"{name} {summary['first_losses'][name]:.4f} -> {loss:.4f}"
+                     for name, loss in sorted(summary["losses"].items()))
   print(f"\nTraining {state} step {summary['step']} of {summary['total_steps']} "
-        f"(last loss: {losses})")
+        f"(loss over this session, first step -> last step: {losses})")
   print(f"  checkpoints:     {summary['checkpoints']}")
   print(f"  metrics:         {summary['metrics']} (and TensorBoard events in "
         f"{os.path.join(summary['workdir'], 'tensorboard')})")

@@ -8,7 +8,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, epochs=8, sources="both")
+  args = common.parse_arg(arg, epochs=6, sources="both")
   sources = common.pretrain_sources(image_tfds="omnimae_demo/images",
                                     video_tfds="omnimae_demo/videos", which=args.sources,
                                     batch_size=32)

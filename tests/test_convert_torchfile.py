@@ -219,10 +219,3 @@ def test_files_that_are_not_checkpoints(tmp_path):
     torch_reader.load(missing_storage)
   with pytest.raises(torch_reader.TorchFileError, match="no such file"):
     torch_reader.load(tmp_path / "absent.torch")
-
-
-def test_torch_reader_when_torch_is_installed(tmp_path):
-  pytest.importorskip("torch")
-  state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-  loaded = torch_reader.load(save_torch_zip(tmp_path / "t.torch", state), reader="torch")
-  np.testing.assert_array_equal(loaded["w"], state["w"])

@@ -1,4 +1,5 @@
 """TensorFlow for the input pipeline only: quiet, and never holding an accelerator."""
+import logging
 import os
 
 # Set before TF is imported anywhere (omnimae_jax/__init__ does the same; this module may be
@@ -20,6 +21,15 @@ def _hide_accelerators_from_tf():
       pass
 
 
+class _DropTfdsInternalDeprecation(logging.Filter):
+  """TFDS 4.9.10's own decoders use TensorInfo.dtype and warn about it on every epoch; nothing a
+  user of this project can act on."""
+
+  def filter(self, record):
+    return "`TensorInfo.dtype` is deprecated" not in record.getMessage()
+
+
 _hide_accelerators_from_tf()
+logging.getLogger("absl").addFilter(_DropTfdsInternalDeprecation())
 
 __all__ = ["tf"]

@@ -110,7 +110,7 @@ class Interval:
 
 def progress_line(step: int, total: int, metrics: Dict) -> str:
   mfu = metrics.get("mfu")
-  losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in metrics.items()
+  losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in sorted(metrics.items())
                     if key.startswith("loss_"))
   return (f"step {step}/{total} loss {losses} "
           f"lr {metrics['lr']:.2e} {metrics['samples_per_sec']:.1f} samples/s "

@@ -104,6 +104,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   devices: the devices of the mesh (default all). stop_at_step: save and return once this many
   steps are done (a time-boxed session; rerunning resumes).
   """
+  workdir = os.path.abspath(workdir)
   try:
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, mesh)
@@ -149,7 +150,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   interval = metrics_lib.Interval(start_step, total_steps,
                                   peak * jax.device_count() if peak else None)
   preemption = PreemptionHandler()
-  last_losses, pending = {}, None
+  first_losses, last_losses, pending = {}, {}, None
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
                              start_step=start_step, prefetch=config.data.prefetch)
 
@@ -161,10 +162,12 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
       raise NonFiniteLossError(
           f"non-finite loss ({loss}) at step {record.step} on {record.source!r}; the run stopped "
           f"and the last good checkpoint in {checkpoints.directory} was kept")
+    first_losses.setdefault(record.source, loss)
     last_losses[record.source] = loss
     interval.add(record.source, loss, record.batch_size, record.flops, record.data_wait)
     done = record.step + 1
-    if done % config.log_every_steps and done != total_steps:
+    # The session's first step is logged too: it shows the starting loss once compiled.
+    if done % config.log_every_steps and done not in (total_steps, start_step + 1):
       return
     entry = {"modality": record.source, "loss": loss, "lr": float(values["lr"]),
              "grad_norm": float(values["grad_norm"]), **interval.summary(done)}
@@ -204,6 +207,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     writer.close()
     preemption.restore()
   return {"step": int(state["step"]), "total_steps": total_steps, "losses": last_losses,
+          "first_losses": first_losses,
           "state": state,
           "workdir": workdir, "preempted": preemption.requested,
           "checkpoints": checkpoints.directory, "metrics": writer.path,
