@@ -242,6 +242,20 @@ def test_bad_config_is_a_clear_error(demo_data_dir, tmp_path, changes, match):
     run(config, tmp_path)
 
 
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(demo_data_dir,
+                                                                         tmp_path):
+  # A learning rate of 1e30 sends the parameters to ~1e30 after the first update, so the second
+  # step's loss overflows.
+  config = small_config(demo_data_dir, total_steps=4, **{"optim.lr": 1e30,
+                                                         "optim.warmup_fraction": 0.0,
+                                                         "checkpoint.every_steps": 1})
+  with pytest.raises(pretrain.NonFiniteLossError, match=r"at step 2 on '(images|videos)'"):
+    run(config, tmp_path)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  restored = checkpoint_lib.load_model(str(tmp_path))[1]
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored))
+
+
 def test_workdir_of_another_model_is_refused(demo_data_dir, tmp_path):
   run(small_config(demo_data_dir, total_steps=1), tmp_path)
   other = small_config(demo_data_dir, total_steps=2, **{"model.num_heads": 4})

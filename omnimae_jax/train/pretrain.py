@@ -157,11 +157,12 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   def finish(record: StepRecord):
     """Fetches a step's metrics, stops on a non-finite loss, logs every log_every_steps."""
     values = jax.device_get(record.metrics)
-    loss = float(values["loss"])
-    if not np.isfinite(loss):
+    loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):  # either poisons the parameters
       raise NonFiniteLossError(
-          f"non-finite loss ({loss}) at step {record.step} on {record.source!r}; the run stopped "
-          f"and the last good checkpoint in {checkpoints.directory} was kept")
+          f"non-finite loss ({loss}, gradient norm {grad_norm}) at step {record.step + 1} on "
+          f"{record.source!r}; the run stopped without saving, the last good checkpoint in "
+          f"{checkpoints.directory} (step {checkpoints.latest_step()}) is intact")
     first_losses.setdefault(record.source, loss)
     last_losses[record.source] = loss
     interval.add(record.source, loss, record.batch_size, record.flops, record.data_wait)
@@ -170,7 +171,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     if done % config.log_every_steps and done not in (total_steps, start_step + 1):
       return
     entry = {"modality": record.source, "loss": loss, "lr": float(values["lr"]),
-             "grad_norm": float(values["grad_norm"]), **interval.summary(done)}
+             "grad_norm": grad_norm, **interval.summary(done)}
     writer.write(done, entry)
     metrics_lib.log_progress(done, total_steps, entry, stream)
 
