@@ -16,7 +16,8 @@ def decay_mask(params):
   """
   def decays(path, _):
     names = [getattr(key, "key", str(key)) for key in path]
-    return names[-1] != "bias" and names[-2] not in LAYER_NORM_NAMES
+    in_layer_norm = len(names) > 1 and names[-2] in LAYER_NORM_NAMES
+    return names[-1] != "bias" and not in_layer_norm
 
   return jax.tree_util.tree_map_with_path(decays, params)
 
