@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo clean clean-demo
 
 setup: $(STAMP)
 
@@ -21,5 +21,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) main.py --config=configs/demo_omni.py --workdir=workdir/demo_omni
 
+# Never touches workdir/ as a whole: real runs default to workdir/<config name>.
 clean:
-	rm -rf $(VENV) workdir .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+clean-demo:
+	rm -rf workdir/demo_omni data/tfds/omnimae_demo
