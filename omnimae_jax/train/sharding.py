@@ -64,17 +64,18 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def _fit_to_shape(spec: PartitionSpec, shape, mesh, where: str) -> PartitionSpec:
-  """Drops a mesh axis from a dimension it does not divide (e.g. 3 heads over 2 devices)."""
-  fitted = []
+def _fit_to_shape(spec: PartitionSpec, shape, mesh) -> Tuple[PartitionSpec, bool]:
+  """Drops a mesh axis from a dimension it does not divide (e.g. 3 heads over 2 devices).
+
+  Returns the fitted spec and whether anything was dropped.
+  """
+  fitted, dropped = [], False
   for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     size = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axis)])) if axis else 1
     if axis and dim % size:
-      logging.warning("sharding: %s dim %d not divisible by mesh axis %s (%d); replicated",
-                      where, dim, axis, size)
-      axis = None
+      axis, dropped = None, True
     fitted.append(axis)
-  return PartitionSpec(*fitted)
+  return PartitionSpec(*fitted), dropped
 
 
 def param_shardings(abstract_boxed_params, mesh, strategy: str):
@@ -84,11 +85,17 @@ def param_shardings(abstract_boxed_params, mesh, strategy: str):
   shapes = nn.unbox(abstract_boxed_params)
   paths_and_specs = jax.tree_util.tree_flatten_with_path(
       mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
-  treedef = jax.tree.structure(shapes)
-  fitted = [
-      NamedSharding(mesh, _fit_to_shape(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
-      for (path, spec), leaf in zip(paths_and_specs, jax.tree.leaves(shapes))]
-  return jax.tree.unflatten(treedef, fitted)
+  fitted, replicated_paths = [], []
+  for (path, spec), leaf in zip(paths_and_specs, jax.tree.leaves(shapes)):
+    spec, dropped = _fit_to_shape(spec, leaf.shape, mesh)
+    fitted.append(NamedSharding(mesh, spec))
+    if dropped:
+      replicated_paths.append(jax.tree_util.keystr(path))
+  if replicated_paths:
+    logging.warning("sharding %s on mesh %s: %d parameters have a dimension the mesh does not "
+                    "divide and are replicated along it, e.g. %s", strategy, dict(mesh.shape),
+                    len(replicated_paths), replicated_paths[0])
+  return jax.tree.unflatten(jax.tree.structure(shapes), fitted)
 
 
 def like_params(tree, params, shardings, mesh):
