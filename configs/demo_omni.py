@@ -3,6 +3,11 @@
 A tiny ViT (4 x 192) with 2x8x8 patches on 64x64 synthetic shapes (images) and 8-frame clips of
 moving shapes (videos), both modalities in one run, the paper's 90% / 95% random masking and x4
 video replication. The demo dataset is generated on first use (seconds) under data.data_dir.
+
+One departure from the paper: the loss targets are plain pixels (loss.norm_pix=False). The demo's
+shapes are flat colours, and a flat patch normalised by its own statistics (the paper's target) is
+pure JPEG noise; with per-patch targets the demo loss plateaus at ~0.6 within 40 steps, with plain
+pixels it falls ~15x in 6 epochs. Every real config keeps the paper's per-patch normalised target.
 """
 from configs import common
 
@@ -21,6 +26,7 @@ def get_config(arg=None):
   config = common.pretrain_config("tiny", sources=sources, epochs=args.epochs, lr=1e-3,
                                   compute_dtype="float32")
   config.model.update(img_size=64, num_frames=8, patch_size=(2, 8, 8), remat_video=False)
+  config.loss.norm_pix = False
   config.data.data_dir = "data/tfds"
   config.sharding = "dp"
   config.checkpoint.every_steps = 200
