@@ -30,10 +30,12 @@ def demo_data_dir(tmp_path_factory):
 
 
 def small_config(data_dir, **changes):
-  """The demo config with batches of 16 (video: 4 clips x 4 replicas), logging every step."""
+  """The demo config with batches of 16 (video: 4 clips x 4 replicas), logging every step, and
+  the paper's per-patch normalised targets."""
   config = demo_omni.get_config()
   with config.unlocked():
     config.data.data_dir = data_dir
+    config.loss.norm_pix = True
     for source in config.data.sources.values():
       source.batch_size = 16
       source.shuffle_buffer = 64
