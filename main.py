@@ -30,10 +30,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_addre
 MODES = ("pretrain",)
 
 
-def is_multi_process() -> bool:
-  """True when the environment says this is one of several processes."""
-  env = os.environ
-  if _COORDINATOR.value or env.get("JAX_COORDINATOR_ADDRESS"):
+def is_multi_process(env, coordinator_address=None) -> bool:
+  """True when the flags or the environment say this is one of several processes."""
+  if coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"):
     return True
   if int(env.get("SLURM_NTASKS", "1")) > 1:
     return True
@@ -44,7 +43,7 @@ def is_multi_process() -> bool:
 def initialize_distributed():
   import jax
 
-  if not is_multi_process():
+  if not is_multi_process(os.environ, _COORDINATOR.value):
     return
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -83,7 +82,10 @@ def main(argv):
     # Errors the user acts on: the message is the whole story, a traceback would bury it.
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  print_summary(summary)
+  import jax
+
+  if jax.process_index() == 0:
+    print_summary(summary)
 
 
 def print_summary(summary):

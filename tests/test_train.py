@@ -4,6 +4,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,8 +151,8 @@ def test_resume_is_exact(demo_data_dir, tmp_path):
 # main.py as a user runs it
 
 
-def main_py(*args, **kwargs):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+def main_py(*args, extra_env=None, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", **(extra_env or {}))
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -206,6 +207,51 @@ def test_sigterm_saves_and_the_run_resumes(demo_data_dir, tmp_path):
   summary = pretrain.train(config, str(tmp_path), stream=stream)
   assert f"Resumed at step {saved_step}" in stream.getvalue()
   assert summary["step"] == saved_step + 1
+
+
+def free_port():
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    return sock.getsockname()[1]
+
+
+def run_two_processes(data_dir, workdir, total_steps):
+  """main.py as two JAX processes (one CPU device each) joined by jax.distributed."""
+  address = f"localhost:{free_port()}"
+  procs = [main_py(*demo_flags(data_dir, workdir, f"--config.total_steps={total_steps}",
+                               "--config.log_every_steps=1", "--config.recon_every_steps=0",
+                               "--config.checkpoint.every_steps=3",
+                               f"--coordinator_address={address}", "--num_processes=2",
+                               f"--process_id={index}"),
+                   extra_env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
+           for index in range(2)]
+  outputs = [proc.communicate(timeout=300) for proc in procs]
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
+def test_two_processes_train_save_and_resume(demo_data_dir, tmp_path):
+  first = run_two_processes(demo_data_dir, tmp_path, total_steps=3)
+  assert "Starting at step 0" in first[0] and "on 2 device(s)" in first[0]
+  assert "Training finished at step 3 of 3" in first[0]
+  assert "Training finished" not in first[1]  # only process 0 reports
+  second = run_two_processes(demo_data_dir, tmp_path, total_steps=5)
+  assert "Resumed at step 3" in second[0]
+  records = losses_by_step(tmp_path)
+  assert sorted(records) == [1, 2, 3, 4, 5]  # written once, by process 0
+  assert all(np.isfinite(loss) for _, loss in records.values())
+  assert checkpoint_lib.TrainCheckpointer(tmp_path).latest_step() == 5
+
+
+def test_multi_process_detection():
+  import main  # noqa: PLC0415
+
+  assert not main.is_multi_process({})
+  assert not main.is_multi_process({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "w0"})
+  assert main.is_multi_process({"SLURM_NTASKS": "16"})
+  assert main.is_multi_process({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})
+  assert main.is_multi_process({}, coordinator_address="10.0.0.1:1234")
 
 
 def test_vitb_without_prepared_data_says_how_to_prepare(tmp_path):
