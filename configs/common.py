@@ -103,7 +103,10 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
   config.mesh = (("data", -1), ("model", 1))
   config.sharding = "fsdp"  # 'dp' | 'fsdp' | 'fsdp_tp'
 
-  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, async_save=True,
+      preemption_sync_steps=10,  # multi-host: how often the hosts agree on a SIGTERM
+  ))
   config.log_every_steps = 50
   config.recon_every_steps = 5000
   config.peak_flops_per_device = 0.0  # 0: look the device up (unknown devices report no MFU)

@@ -138,6 +138,8 @@ def test_resume_is_exact(demo_data_dir, tmp_path):
   run(config, straight)
   first = run(config, interrupted, stop_at_step=3)
   assert first["step"] == 3
+  again = run(config, interrupted, stop_at_step=3)  # already there: returns without training
+  assert again["step"] == 3 and not again["losses"]
   second = run(config, interrupted)
   assert second["step"] == 6
   assert losses_by_step(straight) == losses_by_step(interrupted)
@@ -181,7 +183,12 @@ def test_main_writes_metrics_checkpoints_and_pictures(demo_data_dir, tmp_path):
   assert all(np.isfinite(r["loss"]) and r["samples_per_sec"] > 0 for r in records)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   pictures = sorted(os.listdir(tmp_path / "reconstructions"))
-  assert any(p.endswith(".png") for p in pictures), pictures
+  # At every picture step, one picture per modality seen so far (an image PNG; a video GIF and
+  # a frame strip).
+  for step in (2, 4):
+    for modality in {r["modality"] for r in records if r["step"] <= step}:
+      suffix = ".png" if modality == "images" else ".gif"
+      assert f"step{step:08d}_{modality}{suffix}" in pictures, pictures
   assert os.listdir(tmp_path / "tensorboard")
 
 
@@ -244,6 +251,31 @@ def test_two_processes_train_save_and_resume(demo_data_dir, tmp_path):
   assert checkpoint_lib.TrainCheckpointer(tmp_path).latest_step() == 5
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(demo_data_dir, tmp_path):
+  address = f"localhost:{free_port()}"
+  procs = [main_py(*demo_flags(demo_data_dir, tmp_path, "--config.total_steps=100000",
+                               "--config.log_every_steps=1", "--config.recon_every_steps=0",
+                               "--config.checkpoint.every_steps=100000",
+                               "--config.checkpoint.preemption_sync_steps=2",
+                               f"--coordinator_address={address}", "--num_processes=2",
+                               f"--process_id={index}"),
+                   extra_env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
+           for index in range(2)]
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)  # a preemption notice that reaches one host only
+  outputs = [proc.communicate(timeout=180) for proc in procs]
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+  saved = checkpoint_lib.TrainCheckpointer(tmp_path).latest_step()
+  assert saved is not None and saved % 2 == 0
+  assert f"Preempted: saved step {saved}" in outputs[0][0]
+
+
 def test_multi_process_detection():
   import main  # noqa: PLC0415
 
@@ -283,6 +315,9 @@ def test_unknown_config_key_is_an_error(tmp_path):
     ({"data.sources.images.image_size": 60}, "image_size"),
     ({"sharding": "zero3"}, "sharding"),
     ({"mesh": (("data", 3), ("model", -1))}, "mesh"),
+    ({"data.sources.videos.num_frames": 16}, "num_frames"),
+    ({"log_every_steps": 0}, "log_every_steps"),
+    ({"optim.schedule": "linear"}, "optim.schedule"),
 ])
 def test_bad_config_is_a_clear_error(demo_data_dir, tmp_path, changes, match):
   config = small_config(demo_data_dir, **changes)

@@ -1,0 +1,39 @@
+"""SIGTERM (a preempted VM, `scancel`, the end of an allocation) -> save a checkpoint and exit.
+
+With several processes, signals reach the hosts at different moments, yet a save is collective:
+every `sync_every_steps` steps the processes agree (any process signalled -> all stop at that
+step), so they all save the same step.
+"""
+import signal
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+
+class PreemptionHandler:
+
+  def __init__(self, sync_every_steps: int = 10):
+    if sync_every_steps < 1:
+      raise ValueError(f"checkpoint.preemption_sync_steps={sync_every_steps}; must be >= 1")
+    self.sync_every_steps = sync_every_steps
+    self.signalled = False  # this process got SIGTERM
+    self.stopping = False  # every process agreed to stop
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and exiting")
+    self.signalled = True
+
+  def should_stop(self, done_steps: int) -> bool:
+    """Whether to save and stop after `done_steps` steps; the same answer on every process."""
+    if jax.process_count() == 1:
+      self.stopping = self.signalled
+    elif done_steps % self.sync_every_steps == 0:
+      flags = multihost_utils.process_allgather(np.int32(self.signalled))
+      self.stopping = bool(np.max(flags))
+    return self.stopping
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
