@@ -92,8 +92,9 @@ def print_summary(summary):
   state = "preempted at" if summary["preempted"] else "finished at"
   losses = ", ".join(f"{name} {summary['first_losses'][name]:.4f} -> {loss:.4f}"
                      for name, loss in sorted(summary["losses"].items()))
-  print(f"\nTraining {state} step {summary['step']} of {summary['total_steps']} "
-        f"(loss over this session, first step -> last step: {losses})")
+  progress = (f"loss over this session, first step -> last step: {losses}" if losses
+              else "nothing left to train in this workdir")
+  print(f"\nTraining {state} step {summary['step']} of {summary['total_steps']} ({progress})")
   print(f"  checkpoints:     {summary['checkpoints']}")
   print(f"  metrics:         {summary['metrics']} (and TensorBoard events in "
         f"{os.path.join(summary['workdir'], 'tensorboard')})")
