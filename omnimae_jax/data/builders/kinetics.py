@@ -8,7 +8,6 @@ import csv
 import os
 
 from absl import logging
-import tensorflow_datasets as tfds
 
 from omnimae_jax.data.builders import video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
@@ -68,12 +67,7 @@ class _Kinetics(video_builder.VideoClassificationBuilder, skip_registration=True
   NUM_CLASSES = 0
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=video_builder.video_features(tfds.features.ClassLabel()),
-        supervised_keys=("video", "label"),
-        homepage="https://github.com/cvdfoundation/kinetics-dataset",
-    )
+  HOMEPAGE = "https://github.com/cvdfoundation/kinetics-dataset"
 
   def _split_items(self, manual_dir):
     manual_dir = os.fspath(manual_dir)

@@ -3,7 +3,6 @@ import json
 import os
 
 from absl import logging
-import tensorflow_datasets as tfds
 
 from omnimae_jax.data.builders import video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
@@ -53,12 +52,7 @@ class SomethingSomethingV2(video_builder.VideoClassificationBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=video_builder.video_features(tfds.features.ClassLabel()),
-        supervised_keys=("video", "label"),
-        homepage="https://developer.qualcomm.com/software/ai-datasets/something-something",
-    )
+  HOMEPAGE = "https://developer.qualcomm.com/software/ai-datasets/something-something"
 
   def _split_items(self, manual_dir):
     manual_dir = os.fspath(manual_dir)

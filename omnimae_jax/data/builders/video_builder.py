@@ -73,6 +73,13 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
   """
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = short_side_configs()
+  HOMEPAGE = None  # subclasses name the dataset's home
+
+  def _info(self):
+    # Class names are read from the manual dir's annotation files while building.
+    return self.dataset_info_from_configs(
+        features=video_features(tfds.features.ClassLabel()),
+        supervised_keys=("video", "label"), homepage=self.HOMEPAGE)
 
   def __init__(self, *, num_workers=None, **kwargs):
     self._num_workers = num_workers or os.cpu_count() or 1

@@ -2,7 +2,6 @@
 import csv
 import os
 
-import tensorflow_datasets as tfds
 
 from omnimae_jax.data.builders import video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
@@ -45,12 +44,6 @@ class VideoCsv(video_builder.VideoClassificationBuilder):
   """Videos listed with their labels in train.csv / validation.csv / test.csv."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=video_builder.video_features(tfds.features.ClassLabel()),
-        supervised_keys=("video", "label"),
-    )
 
   def _split_items(self, manual_dir):
     manual_dir = os.fspath(manual_dir)
