@@ -82,6 +82,8 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
       data_dir="~/tensorflow_datasets",
       sources=ml_collections.ConfigDict(sources),
       prefetch=2,
+      # A resume on another number of processes reads the data in another order: 'warn' | 'error'.
+      on_process_count_change="warn",
   ))
 
   config.epochs = epochs
@@ -98,6 +100,8 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
       weight_decay=0.05,
       grad_clip_norm=0.0,  # 0: none (the official recipe)
       accum_steps=1,
+      layer_decay=1.0,  # layer-wise lr decay v in (0, 1]; 1.0 = off (pretraining)
+      layer_decay_convention="official",  # 'official' (head/norm get lr*v) | 'mae' (lr*1)
   ))
 
   config.mesh = (("data", -1), ("model", 1))

@@ -16,7 +16,7 @@ import pytest
 from configs import demo_omni
 from omnimae_jax.data import sources as sources_lib
 from omnimae_jax.train import checkpoint as checkpoint_lib
-from omnimae_jax.train import optim, pretrain, sharding
+from omnimae_jax.train import loop, optim, sharding
 from omnimae_jax.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,7 @@ def losses_by_step(workdir):
 
 
 def run(config, workdir, **kwargs):
-  return pretrain.train(config, str(workdir), stream=io.StringIO(), **kwargs)
+  return loop.train(config, str(workdir), stream=io.StringIO(), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_sigterm_saves_and_the_run_resumes(demo_data_dir, tmp_path):
   config = small_config(demo_data_dir, total_steps=saved_step + 1, **{
       "data.sources.images.batch_size": 8, "data.sources.videos.batch_size": 8})
   stream = io.StringIO()
-  summary = pretrain.train(config, str(tmp_path), stream=stream)
+  summary = loop.train(config, str(tmp_path), stream=stream)
   assert f"Resumed at step {saved_step}" in stream.getvalue()
   assert summary["step"] == saved_step + 1
 
@@ -321,22 +321,97 @@ def test_unknown_config_key_is_an_error(tmp_path):
 ])
 def test_bad_config_is_a_clear_error(demo_data_dir, tmp_path, changes, match):
   config = small_config(demo_data_dir, **changes)
-  with pytest.raises(pretrain.ConfigError, match=match):
+  with pytest.raises(loop.ConfigError, match=match):
     run(config, tmp_path)
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(demo_data_dir,
-                                                                         tmp_path):
-  # A learning rate of 1e30 sends the parameters to ~1e30 after the first update, so the second
-  # step's loss overflows.
+def finite_params(workdir):
+  restored = checkpoint_lib.load_model(str(workdir))[1]
+  return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored))
+
+
+def test_huge_but_finite_parameters_are_not_kept_as_good(demo_data_dir, tmp_path):
+  # lr 1e30 sends the parameters to ~1e30 after the first update (finite, saved at step 1); the
+  # second step's loss, computed from them, overflows: checkpoint 1 would stop every resume.
   config = small_config(demo_data_dir, total_steps=4, **{"optim.lr": 1e30,
                                                          "optim.warmup_fraction": 0.0,
                                                          "checkpoint.every_steps": 1})
-  with pytest.raises(pretrain.NonFiniteLossError, match=r"at step 2 on '(images|videos)'"):
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 2 on '(images|videos)'.*"
+                     r"checkpoint of step 1.*moved.*No good checkpoint"):
     run(config, tmp_path)
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
-  restored = checkpoint_lib.load_model(str(tmp_path))[1]
-  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored))
+  assert os.listdir(tmp_path / "checkpoints") == []
+  assert os.listdir(tmp_path / "rejected_checkpoints") == ["1"]  # kept for inspection
+
+
+@pytest.mark.parametrize("bad_lr,bad_step", [(1e39, 4), (1e30, 5)])
+def test_an_overflowing_update_on_a_save_step_never_poisons_the_last_good_checkpoint(
+    demo_data_dir, tmp_path, bad_lr, bad_step):
+  """1e39 is inf in float32: step 4's update is not finite (its own save is skipped). 1e30 gives
+  finite ~1e30 parameters, saved at step 4, whose loss overflows at step 5 (checkpoint 4 is moved
+  aside). Either way the checkpoint called good is finite and a sane lr trains on from it."""
+  sane = small_config(demo_data_dir, total_steps=6, **{"checkpoint.every_steps": 1,
+                                                       "optim.warmup_fraction": 0.0})
+  run(sane, tmp_path, stop_at_step=3)
+  bad = small_config(demo_data_dir, total_steps=6, **{"checkpoint.every_steps": 1,
+                                                      "optim.warmup_fraction": 0.0,
+                                                      "optim.lr": bad_lr})
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=rf"at step {bad_step} .*last good checkpoint is step 3"):
+    run(bad, tmp_path)
+  assert checkpoint_lib.TrainCheckpointer(tmp_path).latest_step() == 3
+  assert finite_params(tmp_path)
+  resumed = run(sane, tmp_path)
+  assert resumed["step"] == 6 and all(np.isfinite(v) for v in resumed["losses"].values())
+  assert finite_params(tmp_path)
+
+
+def test_keep_zero_is_refused_before_anything_is_deleted(demo_data_dir, tmp_path):
+  run(small_config(demo_data_dir, total_steps=1), tmp_path)
+  with pytest.raises(loop.ConfigError, match="checkpoint.keep"):
+    run(small_config(demo_data_dir, total_steps=2, **{"checkpoint.keep": 0}), tmp_path)
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+
+
+def event_steps(workdir, tag):
+  from omnimae_jax.data._tf import tf
+  from tensorboard.compat.proto import event_pb2
+
+  steps = []
+  for name in sorted(os.listdir(workdir / "tensorboard")):
+    for record in tf.data.TFRecordDataset(str(workdir / "tensorboard" / name)):
+      event = event_pb2.Event.FromString(record.numpy())
+      steps += [event.step for value in event.summary.value if value.tag == tag]
+  return steps
+
+
+def test_history_after_a_kill_has_one_entry_per_step(demo_data_dir, tmp_path):
+  """A kill after steps 4-6 were logged but before checkpoint 6 existed: the resumed run rewrites
+  metrics.jsonl and the TensorBoard events, so each step appears once."""
+  config = small_config(demo_data_dir)  # checkpoints at 3 and 6, a log line every step
+  run(config, tmp_path)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "loss": 0.1')  # a line cut short by the kill
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
+  run(config, tmp_path)
+  with open(tmp_path / "metrics.jsonl") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  assert sorted(event_steps(tmp_path, "loss")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_on_another_process_count_warns_or_refuses(demo_data_dir, tmp_path):
+  config = small_config(demo_data_dir)
+  meta = {"process_count": 4}
+  stream = io.StringIO()
+  with jax.default_device(jax.devices()[0]):
+    loop.check_process_count(meta, config, stream)
+  assert "written by 4 process(es)" in stream.getvalue()
+  with config.unlocked():
+    config.data.on_process_count_change = "error"
+  with pytest.raises(checkpoint_lib.CheckpointError, match="on_process_count_change"):
+    loop.check_process_count(meta, config, io.StringIO())
+  loop.check_process_count({"process_count": 1}, config, io.StringIO())  # same count: silent
 
 
 def test_workdir_of_another_model_is_refused(demo_data_dir, tmp_path):

@@ -118,8 +118,12 @@ def reconstruction_target(pixels, patch_size, norm_pix: bool = True, pad_type: s
 
 
 def reconstruction_loss(pred, pixels, mask, patch_size, norm_pix: bool = True,
-                        pad_type: str = "repeat"):
-  """MSE per token, summed over masked tokens of the batch / number of masked tokens (SPEC §1.5)."""
+                        pad_type: str = "repeat", sample_weights=None):
+  """MSE per token, summed over masked tokens of the batch / number of masked tokens (SPEC §1.5).
+
+  sample_weights [B] (optional, e.g. the input pipeline's `valid` flags) scale each sample's
+  masked tokens: a sample of weight 0 (a record that could not be decoded) costs nothing.
+  """
   target = reconstruction_target(pixels, patch_size, norm_pix, pad_type)
   if pred.shape != target.shape:
     raise ValueError(f"pred: expected shape {target.shape} for pixels {tuple(pixels.shape)} and "
@@ -128,4 +132,6 @@ def reconstruction_loss(pred, pixels, mask, patch_size, norm_pix: bool = True,
     raise ValueError(f"mask: expected shape {target.shape[:2]}, got {tuple(mask.shape)}")
   per_token = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [B, N]
   weights = mask.astype(jnp.float32)
+  if sample_weights is not None:
+    weights = weights * jnp.asarray(sample_weights, jnp.float32)[:, None]
   return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -109,9 +109,10 @@ def run(args):
                            sharding.batch_sharding(mesh))
     remat = cfg.modality == "video" and config.model.remat_video
     source_model = model.clone(config=dataclasses.replace(model.config, remat=remat))
-    step_fn = steps_lib.make_pretrain_step(
-        source_model, tx, schedule, mesh=mesh, strategy=config.sharding,
-        state_shardings=shardings, norm_pix=config.loss.norm_pix, seed=config.seed)
+    step_fn = steps_lib.make_train_step(
+        steps_lib.reconstruction_objective(source_model, norm_pix=config.loss.norm_pix), tx,
+        schedule, mesh=mesh, strategy=config.sharding, state_shardings=shardings,
+        seed=config.seed)
     state, compile_seconds, step_seconds = time_steps(step_fn, state, batch, args.steps)
     step_flops = flops.train_step_flops(
         flops.pretrain_forward_flops(model.config, int(np.prod(grid)), num_visible),

@@ -23,6 +23,7 @@ from omnimae_jax.models.vit import ModelConfig
 MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 CHECKPOINTS_DIR = "checkpoints"
+REJECTED_DIR = "rejected_checkpoints"
 
 
 class CheckpointError(ValueError):
@@ -142,6 +143,8 @@ class TrainCheckpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    if keep < 1:  # orbax reads max_to_keep=0 as "keep none" and deletes every checkpoint
+      raise ValueError(f"checkpoint.keep={keep}; must be >= 1")
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                            enable_async_checkpointing=async_save)
@@ -185,6 +188,21 @@ class TrainCheckpointer:
 
   def wait(self):
     self._manager.wait_until_finished()
+
+  def reject(self, step: int) -> str:
+    """Moves checkpoint `step` out of the way (to <workdir>/rejected_checkpoints/<step>), so
+    that a resume does not start from it again; nothing is deleted. Returns the new path."""
+    self.wait()
+    source = os.path.join(self.directory, str(step))
+    rejected = os.path.join(os.path.dirname(self.directory), REJECTED_DIR)
+    os.makedirs(rejected, exist_ok=True)
+    target, copy = os.path.join(rejected, str(step)), 1
+    while os.path.exists(target):  # a step rejected twice keeps both copies
+      copy += 1
+      target = os.path.join(rejected, f"{step}.{copy}")
+    os.rename(source, target)
+    self._manager.reload()
+    return target
 
   def close(self):
     self._manager.wait_until_finished()

@@ -11,31 +11,41 @@ from absl import logging
 METRICS_FILE = "metrics.jsonl"
 
 
-def _tf_summary():
+def _tf_module():
   from omnimae_jax.data import _tf  # hides GPUs from TF before anything else touches it
 
-  return _tf.tf.summary
+  return _tf.tf
+
+
+def _tf_summary():
+  return _tf_module().summary
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step, mirrors scalars and images to TensorBoard.
+  """Writes one JSON object per logged step and mirrors scalars and images to TensorBoard.
 
-  Only process 0 writes; on the others every call is a no-op. Appending (never truncating) keeps
-  the history of a resumed run; entries after the resumed step are duplicates the reader can drop
-  by step.
+  Only process 0 writes; on the others every call is a no-op. A run resumed at step k first
+  drops every entry past k that a killed session wrote (in metrics.jsonl and in the TensorBoard
+  event files, each rewritten atomically), so the history holds one value per step.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     self._summary = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      tensorboard_dir = os.path.join(workdir, "tensorboard")
+      dropped = truncate_jsonl(self.path, resume_step)
+      dropped += truncate_event_files(tensorboard_dir, resume_step) if tensorboard else 0
+      if dropped:
+        logging.warning("Dropped %d metric entries past step %d, written before the run was "
+                        "interrupted", dropped, resume_step)
       self._file = open(self.path, "a")
       if tensorboard:
         summary = _tf_summary()
         self._summary = summary
-        self._writer = summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self._writer = summary.create_file_writer(tensorboard_dir)
 
   def write(self, step: int, metrics: Dict):
     if not self.enabled:
@@ -60,6 +70,77 @@ class MetricsWriter:
       self._file.close()
       if self._summary is not None:
         self._writer.flush()
+
+
+def _replace_atomically(path: str, write_fn):
+  """Writes a sibling temporary file with `write_fn(tmp_path)`, then renames it over `path`."""
+  tmp = path + ".tmp-omnimae"
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Keeps the entries of a metrics.jsonl up to `last_step`; returns how many were dropped.
+
+  A line cut short by a kill is dropped too.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  dropped = len(lines) - len(kept)
+  if dropped:
+    def write(tmp):
+      with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    _replace_atomically(path, write)
+  return dropped
+
+
+def truncate_event_files(directory: str, last_step: int) -> int:
+  """Drops TensorBoard events past `last_step` from every event file in `directory`.
+
+  TensorBoard would otherwise draw both the killed session's values and the resumed ones for the
+  same steps. A record cut short by a kill ends the file's readable part.
+  """
+  if not os.path.isdir(directory):
+    return 0
+  tf = _tf_module()
+  from tensorboard.compat.proto import event_pb2  # noqa: PLC0415  (TensorBoard is a dependency)
+
+  dropped = 0
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if "tfevents" not in name or not os.path.isfile(path):
+      continue
+    records, readable = [], True
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        records.append(record)
+    except tf.errors.DataLossError:
+      readable = False
+    kept = [r for r in records if event_pb2.Event.FromString(r).step <= last_step]
+    if len(kept) == len(records) and readable:
+      continue
+    dropped += len(records) - len(kept)
+
+    def write(tmp, kept=kept):
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for record in kept:
+          writer.write(record)
+    _replace_atomically(path, write)
+  return dropped
 
 
 def _plain(value):
@@ -112,8 +193,10 @@ def progress_line(step: int, total: int, metrics: Dict) -> str:
   mfu = metrics.get("mfu")
   losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in sorted(metrics.items())
                     if key.startswith("loss_"))
+  skipped = sum(value for key, value in metrics.items() if key.startswith("skipped_"))
   return (f"step {step}/{total} loss {losses} "
-          f"lr {metrics['lr']:.2e} {metrics['samples_per_sec']:.1f} samples/s "
+          + (f"(skipped {skipped} corrupt samples) " if skipped else "")
+          + f"lr {metrics['lr']:.2e} {metrics['samples_per_sec']:.1f} samples/s "
           f"data wait {metrics['data_wait_time'] * 1e3:.0f} ms "
           + (f"MFU {mfu:.1%} " if mfu is not None else "")
           + f"ETA {metrics['eta_hours']:.2f} h")

@@ -1,8 +1,14 @@
-"""Jitted, donated, sharded step functions; one compiled step per modality (static shapes)."""
+"""Jitted, donated, sharded steps; one compiled train step per source (static shapes).
+
+A mode (pretraining, fine-tuning) differs from another only in its *objective*: a function
+`objective(params, batch, rng) -> loss` built here. `make_train_step` turns any objective into
+the same donated, sharded step with the same metrics.
+"""
 import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from omnimae_jax import pixels as pixel_utils
@@ -11,31 +17,65 @@ from omnimae_jax.train import sharding
 from omnimae_jax.train.state import apply_gradients
 
 
-def pretrain_loss(params, batch, rng, *, model, norm_pix: bool, train: bool = True):
-  """Masked reconstruction loss of one batch of uint8 pixels (normalised here, on device)."""
-  pixels = pixel_utils.normalize(batch["pixels"])
-  pred = model.apply({"params": params}, pixels, batch["mask"], batch["keep_idx"], train=train,
-                     rngs={"dropout": rng})
-  cfg = model.config
-  return mae.reconstruction_loss(pred, pixels, batch["mask"], cfg.patch_size, norm_pix,
-                                 cfg.pad_type)
+def sample_weights(batch):
+  """1.0 per sample the input pipeline decoded, 0.0 for the slot of a corrupt record."""
+  valid = batch.get("valid")
+  if valid is None:
+    return jnp.ones(batch["pixels"].shape[:1], jnp.float32)
+  return valid.astype(jnp.float32)
 
 
-def _pretrain_step(state, batch, *, model, tx, schedule, norm_pix, seed, accum_steps):
+def weighted_mean(per_sample, weights):
+  """Mean over the samples that count (0 when none does: a batch of corrupt records)."""
+  return jnp.sum(per_sample * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def reconstruction_objective(model, *, norm_pix: bool):
+  """Pretraining: masked reconstruction loss of uint8 pixels (normalised here, on device)."""
+
+  def objective(params, batch, rng):
+    pixels = pixel_utils.normalize(batch["pixels"])
+    pred = model.apply({"params": params}, pixels, batch["mask"], batch["keep_idx"], train=True,
+                       rngs={"dropout": rng})
+    cfg = model.config
+    return mae.reconstruction_loss(pred, pixels, batch["mask"], cfg.patch_size, norm_pix,
+                                   cfg.pad_type, sample_weights=sample_weights(batch))
+
+  return objective
+
+
+def tree_all_finite(tree):
+  """True when every floating-point leaf of `tree` is finite (integer counters are skipped)."""
+  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def _train_step(state, batch, *, objective, tx, schedule, seed, accum_steps):
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-  loss, grads = jax.value_and_grad(pretrain_loss)(state["params"], batch, rng, model=model,
-                                                  norm_pix=norm_pix)
+  loss, grads = jax.value_and_grad(objective)(state["params"], batch, rng)
   new_state = apply_gradients(state, grads, tx)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-             "lr": schedule(state["step"] // accum_steps)}
+  metrics = {
+      "loss": loss,
+      "grad_norm": optax.tree.norm(grads),
+      "lr": schedule(state["step"] // accum_steps),
+      # The loss and gradient belong to the parameters *before* this update; a save needs to
+      # know that the parameters *after* it are finite too.
+      "state_finite": tree_all_finite((new_state["params"], new_state["opt_state"])),
+      "skipped": jnp.sum(1.0 - sample_weights(batch)).astype(jnp.int32),
+  }
   return new_state, metrics
 
 
-def make_pretrain_step(model, tx, schedule, *, mesh, strategy, state_shardings, norm_pix: bool,
-                       seed: int, accum_steps: int = 1):
-  """step(state, batch) -> (state, metrics); the state is donated (updated in place)."""
-  step = functools.partial(_pretrain_step, model=model, tx=tx, schedule=schedule,
-                           norm_pix=norm_pix, seed=seed, accum_steps=accum_steps)
+def make_train_step(objective, tx, schedule, *, mesh, strategy, state_shardings, seed: int,
+                    accum_steps: int = 1):
+  """step(state, batch) -> (state, metrics); the state is donated (updated in place).
+
+  metrics: loss, grad_norm, lr, state_finite (the updated state has no NaN/inf) and skipped
+  (samples of the global batch whose records could not be decoded).
+  """
+  step = functools.partial(_train_step, objective=objective, tx=tx, schedule=schedule,
+                           seed=seed, accum_steps=accum_steps)
   jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)),
                    donate_argnums=(0,))

@@ -1,9 +1,13 @@
-"""The pretraining loop, top to bottom: mesh, data, model, state, resume, steps, logging, saves."""
+"""The training loop of every mode, top to bottom: mesh, data, model, state (the workdir's own
+checkpoint, else `init_from`, else scratch), steps, logging, evaluations, saves.
+
+Pretraining and fine-tuning differ only in the entries of `MODES` (the model kind, the objective
+inside the jitted step, the FLOP count) and in configuration values.
+"""
 import dataclasses
 import os
 import sys
-import time
-from typing import Dict
+from typing import Callable, Dict
 
 import jax
 import numpy as np
@@ -18,11 +22,34 @@ from omnimae_jax.train.preemption import PreemptionHandler
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or inf; the last good checkpoint was left as it was."""
+  """The loss or the updated state became NaN or inf; no such state was saved."""
 
 
 class ConfigError(ValueError):
   """A configuration the run cannot start with (raised before anything compiles)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """What a mode changes in the loop: the model kind and, per source, the step's objective and
+  the analytic forward FLOPs of one sample."""
+  model_kind: str
+  objective: Callable  # (config, model, source, mesh) -> objective(params, batch, rng) -> loss
+  forward_flops: Callable  # (model config, source) -> FLOPs per sample
+
+
+def _reconstruction(config, model, source, mesh):
+  del source, mesh
+  return steps_lib.reconstruction_objective(model, norm_pix=config.loss.norm_pix)
+
+
+def _pretrain_flops(model_cfg, source):
+  return flops.pretrain_forward_flops(model_cfg, int(np.prod(source.grid)), source.num_visible)
+
+
+MODES = {
+    "pretrain": Mode("pretrain", _reconstruction, _pretrain_flops),
+}
 
 
 def say(stream, text):
@@ -33,7 +60,9 @@ def say(stream, text):
 
 
 def validate(config, mesh):
-  """Checks that need no data and no compilation; each error names the field."""
+  """Checks that need the mesh but no data and no compilation; each error names the field."""
+  if config.mode not in MODES:
+    raise ValueError(f"mode={config.mode!r}; the training loop runs {sorted(MODES)}")
   sharding.logical_rules(config.sharding)  # raises on an unknown strategy
   if not config.data.sources:
     raise ValueError("data.sources is empty; configure at least one source")
@@ -48,7 +77,8 @@ def validate(config, mesh):
     if source.image_size != config.model.img_size:
       logging.warning("data.sources.%s.image_size=%d differs from model.img_size=%d: the "
                       "position table is resized", name, source.image_size, config.model.img_size)
-  for field in ("log_every_steps", "checkpoint.every_steps", "optim.accum_steps"):
+  for field in ("log_every_steps", "checkpoint.every_steps", "checkpoint.keep",
+                "optim.accum_steps"):
     value = config
     for key in field.split("."):
       value = value[key]
@@ -70,20 +100,24 @@ def open_sources(config, patch_size):
 def recipe_summary(config, sources, total_steps) -> str:
   per_epoch = {name: s.steps_per_epoch for name, s in sources.items()}
   steps_per_epoch = sum(per_epoch.values())
-  lines = [f"model {config.model.size} ({config.model.compute_dtype}), {total_steps} steps = "
-           f"{total_steps / steps_per_epoch:.2f} epochs of {steps_per_epoch} steps"]
+  lines = [f"{config.mode}: model {config.model.size} ({config.model.compute_dtype}), "
+           f"{total_steps} steps = {total_steps / steps_per_epoch:.2f} epochs of "
+           f"{steps_per_epoch} steps"]
   for name, source in sources.items():
     cfg = source.cfg
-    lines.append(
-        f"  {name}: {cfg.tfds_name}[{cfg.split}] {source.num_examples} examples, "
-        f"{per_epoch[name]} steps/epoch ({per_epoch[name] / steps_per_epoch:.1%} of steps), "
-        f"batch {cfg.batch_size} = {cfg.batch_size // cfg.num_replicas} x {cfg.num_replicas} "
-        f"replicas, {cfg.mask_kind} mask {cfg.mask_ratio:.0%} -> {source.num_visible} visible "
-        f"of {int(np.prod(source.grid))} tokens")
+    line = (f"  {name}: {cfg.tfds_name}[{cfg.split}] {source.num_examples} examples, "
+            f"{per_epoch[name]} steps/epoch ({per_epoch[name] / steps_per_epoch:.1%} of steps), "
+            f"batch {cfg.batch_size} = {cfg.batch_size // cfg.num_replicas} x "
+            f"{cfg.num_replicas} replicas")
+    if source.num_visible:
+      line += (f", {cfg.mask_kind} mask {cfg.mask_ratio:.0%} -> {source.num_visible} visible "
+               f"of {int(np.prod(source.grid))} tokens")
+    lines.append(line)
   o = config.optim
   lines.append(f"  AdamW lr {o.lr} betas ({o.b1}, {o.b2}) wd {o.weight_decay}, warmup "
-               f"{o.warmup_fraction:.0%} then {o.schedule}, clip {o.grad_clip_norm or 'none'}, "
-               f"accum {o.accum_steps}; mesh {tuple(map(tuple, config.mesh))} {config.sharding}")
+               f"{o.warmup_fraction:.0%} then {o.schedule}, layer decay {o.layer_decay} "
+               f"({o.layer_decay_convention}), clip {o.grad_clip_norm or 'none'}, accum "
+               f"{o.accum_steps}; mesh {tuple(map(tuple, config.mesh))} {config.sharding}")
   return "\n".join(lines)
 
 
@@ -98,40 +132,54 @@ class StepRecord:
   batch_size: int
 
 
-def compile_steps(config, model, tx, schedule, sources, mesh, shardings):
-  """Per source: the jitted train step, the predict function for pictures, FLOPs per step."""
-  step_fns, predict_fns, step_flops = {}, {}, {}
+def compile_steps(config, mode, model, tx, schedule, sources, mesh, shardings):
+  """Per source: the jitted train step, and its FLOPs per step."""
+  step_fns, step_flops = {}, {}
   for name, source in sources.items():
     remat = source.modality == "video" and config.model.remat_video
     source_model = model.clone(config=dataclasses.replace(model.config, remat=remat))
-    step_fns[name] = steps_lib.make_pretrain_step(
-        source_model, tx, schedule, mesh=mesh, strategy=config.sharding,
-        state_shardings=shardings, norm_pix=config.loss.norm_pix, seed=config.seed,
+    step_fns[name] = steps_lib.make_train_step(
+        mode.objective(config, source_model, source, mesh), tx, schedule, mesh=mesh,
+        strategy=config.sharding, state_shardings=shardings, seed=config.seed,
         accum_steps=config.optim.accum_steps)
-    predict_fns[name] = steps_lib.make_predict(model, mesh=mesh, strategy=config.sharding,
-                                               param_shardings=shardings["params"])
-    step_flops[name] = flops.train_step_flops(
-        flops.pretrain_forward_flops(model.config, int(np.prod(source.grid)), source.num_visible),
-        source.cfg.batch_size)
-  return step_fns, predict_fns, step_flops
+    step_flops[name] = flops.train_step_flops(mode.forward_flops(model.config, source),
+                                              source.cfg.batch_size)
+  return step_fns, step_flops
 
 
 def restore_or_create(checkpoints, model, tx, mesh, config):
-  """The latest state of the workdir on this mesh, or a fresh one; and its shardings."""
+  """The latest state of the workdir on this mesh, or a fresh one; its shardings; its metadata."""
   abstract, shardings = state_lib.state_shardings(model, tx, mesh, config.sharding)
   try:
     state = checkpoints.restore(state_lib.with_shardings(abstract, shardings))
   except ValueError as error:  # orbax: the saved tree does not match this optimizer's
     raise checkpoint_lib.CheckpointError(
         f"{checkpoints.directory}: the saved train state does not fit this config's optimizer "
-        f"(did optim.grad_clip_norm or optim.accum_steps change?): {error}") from error
+        f"(did optim.grad_clip_norm, optim.accum_steps or optim.layer_decay change?): "
+        f"{error}") from error
   if state is None:
-    state = state_lib.create_state(model, tx, shardings, config.seed)
-  return state, shardings
+    return state_lib.create_state(model, tx, shardings, config.seed), shardings, {}
+  return state, shardings, checkpoints.read_meta(int(state["step"]))
+
+
+def check_process_count(meta, config, stream):
+  """A resume on another number of processes restores the state exactly, but each process reads
+  its own part of every split with its own seeds: the data order changes from here on."""
+  saved = meta.get("process_count")
+  if saved is None or saved == jax.process_count():
+    return
+  text = (f"the checkpoint was written by {saved} process(es) and this run has "
+          f"{jax.process_count()}: the state resumes exactly, but the data order from here on "
+          f"differs from an uninterrupted run")
+  if config.data.on_process_count_change == "error":
+    raise checkpoint_lib.CheckpointError(
+        text + " (data.on_process_count_change='error'; set it to 'warn' to go on)")
+  say(stream, "Warning: " + text)
 
 
 def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step=None) -> Dict:
-  """Pretrains; returns a summary (final step and state, losses per modality, paths).
+  """Trains in `config.mode`; returns a summary (final step and state, losses per source, skipped
+  records per source, paths).
 
   devices: the devices of the mesh (default all). stop_at_step: save and return once this many
   steps are done (a time-boxed session; rerunning resumes).
@@ -140,7 +188,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   try:
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, mesh)
-    model = state_lib.build_model(config.model)
+    mode = MODES[config.mode]
+    model = state_lib.build_model(config.model, mode.model_kind)
     sources = open_sources(config, model.config.patch_size)
     total_steps = config.total_steps or config.epochs * sum(
         s.steps_per_epoch for s in sources.values())
@@ -156,13 +205,15 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   checkpoints = checkpoint_lib.TrainCheckpointer(
       workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   checkpoints.check_model(model)  # before anything compiles
-  state, shardings = restore_or_create(checkpoints, model, tx, mesh, config)
+  state, shardings, meta = restore_or_create(checkpoints, model, tx, mesh, config)
+  check_process_count(meta, config, stream)
   start_step = int(state["step"])
+  skipped = {name: int(meta.get("skipped", {}).get(name, 0)) for name in sources}
   say(stream, f"{'Resumed' if start_step else 'Starting'} at step {start_step} in {workdir}; "
              f"{state_lib.count_params(state['params']):,} parameters on {mesh.devices.size} "
              f"device(s)")
   summary = {"step": start_step, "total_steps": total_steps, "losses": {}, "first_losses": {},
-             "state": state, "workdir": workdir, "preempted": False,
+             "skipped": skipped, "state": state, "workdir": workdir, "preempted": False,
              "checkpoints": checkpoints.directory,
              "metrics": os.path.join(workdir, metrics_lib.METRICS_FILE),
              "reconstructions": os.path.join(workdir, "reconstructions")}
@@ -171,25 +222,29 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     preemption.restore()
     return summary
 
-  step_fns, predict_fns, step_flops = compile_steps(config, model, tx, schedule, sources, mesh,
-                                                    shardings)
+  step_fns, step_flops = compile_steps(config, mode, model, tx, schedule, sources, mesh,
+                                       shardings)
+  predict_fns = ({name: steps_lib.make_predict(model, mesh=mesh, strategy=config.sharding,
+                                               param_shardings=shardings["params"])
+                  for name in sources} if mode.model_kind == "pretrain" else {})
   peak = flops.peak_flops_per_device(config.peak_flops_per_device)
-  writer = metrics_lib.MetricsWriter(workdir)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
   interval = metrics_lib.Interval(start_step, total_steps,
                                   peak * mesh.devices.size if peak else None)
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
                              start_step=start_step, prefetch=config.data.prefetch)
   first_losses, last_losses = summary["first_losses"], summary["losses"]
 
+  def checkpoint_meta():
+    return {"process_count": jax.process_count(), "skipped": dict(skipped)}
+
   def finish(record: StepRecord):
-    """Fetches a step's metrics, stops on a non-finite loss, logs every log_every_steps."""
+    """Fetches a step's metrics, stops on a non-finite value, logs every log_every_steps."""
     values = jax.device_get(record.metrics)
     loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
-    if not (np.isfinite(loss) and np.isfinite(grad_norm)):  # either poisons the parameters
-      raise NonFiniteLossError(
-          f"non-finite loss ({loss}, gradient norm {grad_norm}) at step {record.step + 1} on "
-          f"{record.source!r}; the run stopped without saving, the last good checkpoint in "
-          f"{checkpoints.directory} (step {checkpoints.latest_step()}) is intact")
+    if not (np.isfinite(loss) and np.isfinite(grad_norm) and bool(values["state_finite"])):
+      raise NonFiniteLossError(non_finite_message(record, values, checkpoints))
+    skipped[record.source] += int(values["skipped"])
     first_losses.setdefault(record.source, loss)
     last_losses[record.source] = loss
     interval.add(record.source, loss, record.batch_size, record.flops, record.data_wait)
@@ -198,7 +253,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     if done % config.log_every_steps and done not in (total_steps, start_step + 1):
       return
     entry = {"modality": record.source, "loss": loss, "lr": float(values["lr"]),
-             "grad_norm": grad_norm, **interval.summary(done)}
+             "grad_norm": grad_norm, **interval.summary(done),
+             **{f"skipped_{name}": count for name, count in skipped.items()}}
     writer.write(done, entry)
     metrics_lib.log_progress(done, total_steps, entry, stream)
 
@@ -212,16 +268,16 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
                            sources[name].cfg.batch_size)
       latest_batches[name] = batch
       done = step + 1
-      if config.recon_every_steps and done % config.recon_every_steps == 0:
+      if predict_fns and config.recon_every_steps and done % config.recon_every_steps == 0:
         for source_name, source_batch in latest_batches.items():  # one picture per modality
           write_reconstruction(workdir, writer, done, source_name,
                                predict_fns[source_name](state["params"], source_batch),
                                model.config, config.loss.norm_pix)
       preempted = preemption.should_stop(done)
       if done % config.checkpoint.every_steps == 0 or done >= last_step or preempted:
-        finish(pending)  # never save a state whose loss was not finite
+        finish(pending)  # never save a state that is not known to be finite
         pending = None
-        checkpoints.save(done, state, model)
+        checkpoints.save(done, state, model, extra=checkpoint_meta())
       if preempted:
         say(stream, f"Preempted: saved step {done}; rerun the same command to resume")
         break
@@ -236,6 +292,30 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     preemption.restore()
   summary.update(step=int(state["step"]), state=state, preempted=preemption.stopping)
   return summary
+
+
+def non_finite_message(record: StepRecord, values, checkpoints) -> str:
+  """Explains a non-finite step and leaves only checkpoints that can train on.
+
+  The loss and gradient of step k+1 are computed from the state saved at step k: when they are
+  not finite, that checkpoint is moved aside (it would stop every resume at once). A step whose
+  own update is not finite was never saved.
+  """
+  step = record.step + 1
+  loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+  text = (f"non-finite training state at step {step} on {record.source!r} (loss {loss}, "
+          f"gradient norm {grad_norm}, updated parameters and optimizer state "
+          f"{'finite' if values['state_finite'] else 'NOT finite'}); it was not saved.")
+  checkpoints.wait()
+  if not (np.isfinite(loss) and np.isfinite(grad_norm)) and checkpoints.latest_step() == record.step:
+    moved = checkpoints.reject(record.step)
+    text += (f" The checkpoint of step {record.step}, whose parameters gave this loss, was "
+             f"moved to {moved}.")
+  good = checkpoints.latest_step()
+  if good is None:
+    return text + " No good checkpoint is left: a rerun starts afresh."
+  return (text + f" The last good checkpoint is step {good} in {checkpoints.directory}: lower "
+          "optim.lr (or set optim.grad_clip_norm) and rerun to resume from it.")
 
 
 def write_reconstruction(workdir, writer, step, source, predicted, model_cfg, norm_pix):
