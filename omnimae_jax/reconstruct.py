@@ -4,8 +4,9 @@
         --mask_ratio 0.9 --mask_kind random --out recon/cat
     python -m omnimae_jax.reconstruct --checkpoint workdir/demo --input clip.mp4 --out recon/clip
 
-CKPT is an official .torch file (imported on the fly by omnimae_jax.convert) or one of our model
-directories / training workdirs. An image (JPEG/PNG/...) is resized (short side) and centre-cropped
+CKPT is a pretraining checkpoint: an official .torch file (imported on the fly by
+omnimae_jax.convert) or one of our model directories / training workdirs (all read by
+omnimae_jax.pretrained.load). An image (JPEG/PNG/...) is resized (short side) and centre-cropped
 to the model's img_size; a video (mp4/webm/...) gives the model's num_frames frames spread evenly
 over a 2.7 s window at its middle (the whole clip if shorter), each resized and cropped likewise.
 Writes OUT.png for an image, OUT.gif and OUT_strip.png for a video (see visualize.py).
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from omnimae_jax import convert, models, torch_reader, visualize
+from omnimae_jax import pretrained, visualize
 from omnimae_jax import pixels as pixel_stats
 from omnimae_jax.models import mae
 from omnimae_jax.models.vit import token_grid
@@ -34,18 +35,6 @@ DEFAULT_RATIOS = {"image": 0.9, "video": 0.95}  # the paper's (SPEC §2.3)
 
 class ReconstructError(ValueError):
   """An input, checkpoint or option the tool cannot use; the message says which and why."""
-
-
-def load_pretrain_model(path: str, **official_overrides):
-  """(MAEPretrain, variables) from an official .torch file, a model dir or a training workdir."""
-  if os.path.isfile(path):
-    model, variables = convert.load_official(path, **official_overrides)
-  else:
-    model, variables = checkpoint.load_model(path)
-  if not isinstance(model, models.MAEPretrain):
-    raise ReconstructError(f"{path}: a {type(model).__name__} checkpoint has no decoder; "
-                           f"reconstructions need a pretraining checkpoint")
-  return model, variables
 
 
 def resize_and_crop(picture: Image.Image, size: int) -> np.ndarray:
@@ -182,9 +171,11 @@ def parse_args(argv):
   parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
   parser.add_argument("--norm_pix", action=argparse.BooleanOptionalAction, default=True,
                       help="the model predicts per-patch normalised pixels (the official loss)")
-  parser.add_argument("--img_size", type=int, help="for a .torch file whose position table is "
-                      "not the official 16-frame one (see omnimae_jax.convert)")
-  parser.add_argument("--num_frames", type=int, help="likewise")
+  parser.add_argument("--img_size", type=int, help="the model's input size (default: the "
+                      "checkpoint's; a .torch file's is read off its position table assuming 16 "
+                      "frames, see omnimae_jax.convert)")
+  parser.add_argument("--num_frames", type=int, help="the model's clip length (default: the "
+                      "checkpoint's; 16 for a .torch file)")
   return parser.parse_args(argv)
 
 
@@ -192,13 +183,12 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   overrides = {k: getattr(args, k) for k in ("img_size", "num_frames") if getattr(args, k)}
   try:
-    model, variables = load_pretrain_model(args.checkpoint, **overrides)
+    model, variables = pretrained.load(args.checkpoint, expect="pretrain", **overrides)
     frames = read_input(args.input, model.config)
     modality = "video" if frames.ndim == 4 else "image"
     ratio = DEFAULT_RATIOS[modality] if args.mask_ratio is None else args.mask_ratio
     pixels, mask, pred = predict(model, variables, frames, args.mask_kind, ratio, args.seed)
-  except (ReconstructError, convert.ConversionError, torch_reader.TorchFileError,
-          checkpoint.CheckpointError) as e:
+  except (ReconstructError, checkpoint.CheckpointError) as e:  # pretrained.PretrainedError too
     print(f"error: {e}", file=sys.stderr)
     return 1
   cfg = model.config

@@ -132,6 +132,10 @@ def test_bad_inputs_are_clear_errors(tmp_path, checkpoints, capsys):
        "cannot decode the video"),
       (["--checkpoint", str(model_dir), "--input", str(tmp_path / "absent.png")], "no such file"),
       (["--checkpoint", str(tmp_path), "--input", "x.png"], "neither a model directory"),
+      (["--checkpoint", str(tmp_path / "absent.torch"), "--input", "x.png"],
+       "absent.torch: no such file or directory"),
+      (["--checkpoint", str(tmp_path / "notes.txt"), "--input", "x.png"],
+       "not a PyTorch checkpoint"),
   ]
   for args, message in cases:
     assert reconstruct.main(args + ["--out", str(tmp_path / "o")]) == 1
