@@ -67,25 +67,71 @@ def sincos_table(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
+# PyTorch's bicubic (upsample_bicubic2d) uses Keys' cubic convolution with A = -0.75; jax.image
+# uses A = -0.5 and antialiases when shrinking, so it cannot reproduce the official tables.
+TORCH_BICUBIC_A = -0.75
+
+
+def _cubic_weights(t):
+  """The four tap weights (at floor - 1 .. floor + 2) for a fractional offset t in [0, 1]."""
+  a = TORCH_BICUBIC_A
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+  return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def torch_bicubic_matrix(in_size: int, out_size: int,
+                         scale_factor: Optional[float] = None) -> np.ndarray:
+  """[out_size, in_size] float64: torch.nn.functional.interpolate(mode='bicubic',
+  align_corners=False) along one axis, as a matrix.
+
+  The source coordinate is (i + 0.5) * scale - 0.5 with scale = 1 / scale_factor when the caller
+  passed a scale factor (PyTorch then ignores the sizes' ratio) and in_size / out_size otherwise;
+  PyTorch computes it in float32, and so do we, so the taps and offsets are the same. Taps beyond
+  the border are clamped to the edge pixel. No antialiasing, whatever the direction.
+  """
+  if scale_factor is not None:
+    scale = np.float32(1.0 / scale_factor)
+  else:
+    scale = np.float32(in_size) / np.float32(out_size)
+  out = np.arange(out_size)
+  source = scale * (out.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)
+  first = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+  offset = np.clip(source - first, 0.0, 1.0).astype(np.float64)
+  matrix = np.zeros((out_size, in_size))
+  for tap, weight in enumerate(_cubic_weights(offset)):
+    np.add.at(matrix, (out, np.clip(first - 1 + tap, 0, in_size - 1)), weight)
+  return matrix
+
+
 def position_table(grid, table_grid, dim: int) -> jnp.ndarray:
   """The position embeddings for a token grid (T', H', W') given the model's table grid.
 
   The table is built for `table_grid` (from the model's num_frames and img_size). Fewer time steps
-  take the leading temporal slices (an image takes the t=0 slice, as the official code does); a
-  different spatial size resizes each slice bicubically (the official interpolate_pos_encoding).
-  More time steps than the table has is an error: the official model cannot interpolate in time.
+  take the leading temporal slices (an image takes the t=0 slice, as the official code does). A
+  different spatial size resizes each slice exactly as the official interpolate_pos_encoding does
+  (F.interpolate bicubic with scale_factor = sqrt(new tokens / table tokens)); the official code
+  only does this for images, a video's slices here each get the same resize. More time steps than
+  the table has is an error: the official model cannot interpolate in time.
   """
   t, h, w = grid
   table_t, table_h, table_w = table_grid
   if t > table_t:
     raise ValueError(
         f"pixels: the input has {t} temporal patches but the position table has {table_t} "
-        f"(num_frames={table_t} x patch time); build the model with num_frames >= the clip length.")
+        f"(num_frames={table_t} x patch time); build the model with num_frames >= the clip length "
+        f"(the position table cannot be interpolated in time).")
   table = sincos_table(table_t * table_h * table_w, dim).reshape(table_t, table_h, table_w, dim)
-  table = jnp.asarray(table[:t])
+  table = table[:t]
   if (h, w) != (table_h, table_w):
-    table = jax.image.resize(table, (t, h, w, dim), method="bicubic")
-  return table.reshape(t * h * w, dim)  # [N, D]
+    if h == w and table_h == table_w:  # the official call (it supports square grids only)
+      factor_h = factor_w = math.sqrt(h * w / (table_h * table_w))
+    else:
+      factor_h, factor_w = h / table_h, w / table_w
+    rows = torch_bicubic_matrix(table_h, h, factor_h)
+    cols = torch_bicubic_matrix(table_w, w, factor_w)
+    table = np.einsum("yh,xw,thwd->tyxd", rows, cols, table, optimize=True).astype(np.float32)
+  return jnp.asarray(table.reshape(t * h * w, dim))  # [N, D]
 
 
 class Mlp(nn.Module):
