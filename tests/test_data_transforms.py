@@ -111,10 +111,12 @@ def test_eval_video_views_are_temporal_clips_times_spatial_crops():
                                            clip_seconds=1.0, image_size=16,
                                            num_temporal_clips=5, num_spatial_crops=3).numpy()
   assert views.shape == (15, 4, 16, 16, 3) and views.dtype == np.uint8
-  # Clips start evenly from frame 0 to frame 40 - 12 = 28.
+  # pytorchvideo's ConstantClipsPerVideoSampler: clip k starts at k * (duration - window) / 5 s
+  # (divided by the clip count, so the last clip stops short of the end): 39/12 - 1 s = 2.25 s,
+  # so starts at 0, 0.45, 0.9, 1.35, 1.8 s -> the first frames at or after them.
   clip_starts = eval_transforms.temporal_clip_indices(40, 12.0, num_frames=4, clip_seconds=1.0,
                                                       num_clips=5).numpy()[:, 0]
-  np.testing.assert_array_equal(clip_starts, [0, 7, 14, 21, 28])
+  np.testing.assert_array_equal(clip_starts, [0, 6, 11, 17, 22])
   first_frame_code = views[::3, 0, ..., 1].astype(float).mean(axis=(1, 2))
   np.testing.assert_allclose(first_frame_code,
                              (synthetic_files.FRAME_CODE_STEP * clip_starts) % 256, atol=3)

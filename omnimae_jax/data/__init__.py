@@ -6,6 +6,7 @@ decode workers, do not pay for TensorFlow):
   masking     random | tube | causal | frame masks with exact counts (SPEC §2)
   transforms  training crops/flips for images and video clips (SPEC §3.2, §3.3)
   eval_transforms  resize + centre crop; T temporal x S spatial video views (SPEC §4.2)
+  eval_pipeline    ordered evaluation batches, padded so every example counts exactly once
   sources     TFDS builders by name, per-process splits, clear errors for unprepared data
   pipeline    one source -> one epoch of local batches, exactly resumable
   schedule    which source each step of an epoch reads (identical on every host)
