@@ -5,6 +5,9 @@
 The config's `mode` picks the job. Rerunning the same command resumes from the workdir's latest
 checkpoint. On a multi-host system (Cloud TPU pod, SLURM, or --coordinator_address), the same
 command runs on every host.
+
+A bad command line or config is one line on stderr (`error: ...`, exit code 2) before anything
+runs; `--only_check_args` runs those checks on the whole config and exits (0 when it is fine).
 """
 import os
 import sys
@@ -13,21 +16,47 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import dataclasses  # noqa: E402
+from typing import List, Tuple  # noqa: E402
+
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, e.g. configs/vitb_omni.py or configs/vitb_omni.py:official.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, metrics and pictures go here (default: workdir/<config name>).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for a multi-process run that JAX "
-    "cannot detect by itself (Cloud TPU and SLURM are detected).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+# Light modules (no JAX or TF at import): a bad flag or config file is reported at once.
+from omnimae_jax import config_file  # noqa: E402
+from omnimae_jax.train import config_checks  # noqa: E402
+from omnimae_jax.train.config_checks import ConfigError  # noqa: E402
 
-MODES = ("pretrain",)
+EXIT_CONFIG_ERROR = 2  # a bad command line or config; also the loop's errors the user acts on
+
+
+def define_flags(flag_values, sys_argv=None):
+  """This program's flags on `flag_values`. sys_argv: where the config flag finds its overrides
+  (default sys.argv)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "A config file, e.g. configs/vitb_omni.py or configs/vitb_omni.py:official.",
+      flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+  flags.DEFINE_string(
+      "workdir", None, "Checkpoints, metrics and pictures go here (default: workdir/<config "
+      "name>).", flag_values=flag_values)
+  flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0, for a multi-process run that JAX "
+      "cannot detect by itself (Cloud TPU and SLURM are detected).", flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "With --coordinator_address.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "With --coordinator_address.",
+                       flag_values=flag_values)
+
+
+define_flags(flags.FLAGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What the command line asks for, checked: app.run hands it from parse_flags to main."""
+  config: ml_collections.ConfigDict
+  workdir: str
 
 
 def is_multi_process(env, coordinator_address=None) -> bool:
@@ -43,10 +72,11 @@ def is_multi_process(env, coordinator_address=None) -> bool:
 def initialize_distributed():
   import jax
 
-  if not is_multi_process(os.environ, _COORDINATOR.value):
+  coordinator = flags.FLAGS.coordinator_address
+  if not is_multi_process(os.environ, coordinator):
     return
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if coordinator:
+    jax.distributed.initialize(coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   else:
     jax.distributed.initialize()
   logging.info("Process %d of %d; %d local / %d global devices", jax.process_index(),
@@ -58,30 +88,83 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("workdir", name)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+def parse_command_line(argv: List[str], flag_values=flags.FLAGS) -> Job:
+  """Parses argv into `flag_values` and checks the config; raises ConfigError (one line naming
+  the flag, file or field) for anything main could not start with. Runs nothing."""
+  spec = config_spec(argv)
+  if spec is not None:  # before absl: its errors for a bad file or key are tracebacks
+    config_file.check_overrides(config_file.load_config(spec), argv)
+  try:
+    rest = flag_values(argv)
+  except Exception as error:  # noqa: BLE001 (absl and ml_collections raise many kinds)
+    raise ConfigError(config_file.one_line(error).removeprefix("flag ")) from error
+  if len(rest) > 1:
+    raise ConfigError(f"unexpected arguments: {rest[1:]}; flags look like --name=value")
+  config = flag_values["config"].value
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/demo_omni.py")
-  if config.mode not in MODES:
-    raise app.UsageError(f"config.mode={config.mode!r}; this version runs {MODES}")
+    raise ConfigError("--config is required, e.g. --config=configs/demo_omni.py")
+  workdir = flag_values["workdir"].value or default_workdir(flag_values["config"].config_filename)
+  config_checks.check_config(config)
+  config_checks.check_paths(config, workdir)
+  return Job(config, workdir)
+
+
+def config_spec(argv: List[str]):
+  """The last --config value in argv (`--config=X` or `--config X`), or None."""
+  spec = None
+  for index, arg in enumerate(argv[1:], start=1):
+    if arg == "--":
+      break
+    if arg.startswith(("--config=", "-config=")):
+      spec = arg.split("=", 1)[1]
+    elif arg in ("--config", "-config") and index + 1 < len(argv):
+      spec = argv[index + 1]
+  return spec
+
+
+def check_command_line(argv: List[str]) -> Tuple[int, str]:
+  """(0, "") when main.py would start with these arguments, else (2, the line it prints after
+  'error: '). Nothing runs; the process's own flags are untouched (tests, scripts)."""
+  flag_values = flags.FlagValues()
+  define_flags(flag_values, sys_argv=argv)
+  try:
+    parse_command_line(argv, flag_values)
+  except ConfigError as error:
+    return EXIT_CONFIG_ERROR, config_file.one_line(error)
+  return 0, ""
+
+
+def exit_with_error(message: str):
+  # The message is the whole story for the user; a traceback would bury it.
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_CONFIG_ERROR)
+
+
+def parse_flags(argv: List[str]) -> Job:
+  """app.run's flags_parser: a bad command line or config is one line on stderr, exit code 2."""
+  try:
+    return parse_command_line(argv)
+  except ConfigError as error:
+    exit_with_error(config_file.one_line(error))
+
+
+def main(job: Job):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # progress goes to stdout; -v=0 for the full log
   initialize_distributed()
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
 
   # Imported after jax.distributed.initialize(), which must precede any JAX computation.
   from omnimae_jax.data.errors import DatasetNotPreparedError
-  from omnimae_jax.train import checkpoint, pretrain
+  from omnimae_jax.train import checkpoint, evaluate, loop
 
   try:
-    summary = pretrain.train(config, workdir)
-  except (DatasetNotPreparedError, checkpoint.CheckpointError, pretrain.ConfigError,
-          pretrain.NonFiniteLossError) as error:
-    # Errors the user acts on: the message is the whole story, a traceback would bury it.
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    if job.config.mode == "evaluate":
+      evaluate.evaluate(job.config, job.workdir)
+      return
+    summary = loop.train(job.config, job.workdir)
+  except (DatasetNotPreparedError, checkpoint.CheckpointError, ConfigError,
+          loop.NonFiniteLossError) as error:
+    exit_with_error(str(error))
   import jax
 
   if jax.process_index() == 0:
@@ -89,17 +172,27 @@ def main(argv):
 
 
 def print_summary(summary):
+  from omnimae_jax.train.metrics import format_results
   state = "preempted at" if summary["preempted"] else "finished at"
   losses = ", ".join(f"{name} {summary['first_losses'][name]:.4f} -> {loss:.4f}"
                      for name, loss in sorted(summary["losses"].items()))
   progress = (f"loss over this session, first step -> last step: {losses}" if losses
               else "nothing left to train in this workdir")
   print(f"\nTraining {state} step {summary['step']} of {summary['total_steps']} ({progress})")
+  skipped = {name: count for name, count in summary["skipped"].items() if count}
+  print("  corrupt records: " + (", ".join(f"{name} {count} samples skipped"
+                                          for name, count in skipped.items()) or "none"))
+  for name, by_step in summary.get("evals", {}).items():
+    first, last = min(by_step), max(by_step)
+    print(f"  eval {name}: step {first}: {format_results(by_step[first])}")
+    if last != first:
+      print(f"  eval {name}: step {last}: {format_results(by_step[last])}")
   print(f"  checkpoints:     {summary['checkpoints']}")
   print(f"  metrics:         {summary['metrics']} (and TensorBoard events in "
         f"{os.path.join(summary['workdir'], 'tensorboard')})")
-  print(f"  reconstructions: {summary['reconstructions']}")
+  if os.path.isdir(summary["reconstructions"]):
+    print(f"  reconstructions: {summary['reconstructions']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from omnimae_jax.data import eval_pipeline, eval_transforms, synthetic_files
+from omnimae_jax.data import eval_config, eval_pipeline, eval_transforms, synthetic_files
 from omnimae_jax.data._tf import tf
 from omnimae_jax.data.errors import DatasetNotPreparedError
 
@@ -55,7 +55,7 @@ def _table_indices(video_duration):
                    for (first, _), picks in zip(table["ranges"], table["picks"])])
 
 
-@pytest.mark.parametrize("video_duration", eval_transforms.VIDEO_DURATIONS)
+@pytest.mark.parametrize("video_duration", eval_config.VIDEO_DURATIONS)
 def test_clip_starts_and_frame_indices_follow_the_official_sampler(video_duration):
   ranges = eval_transforms.clip_frame_ranges(50, 12.0, clip_seconds=2.7, num_clips=5,
                                              video_duration=video_duration).numpy()
@@ -293,7 +293,7 @@ def test_resized_size_and_centre_crop_follow_torchvision():
 # The evaluation source: ordered, padded, every example exactly once.
 # ---------------------------------------------------------------------------------------------
 def _image_config(split="train", batch_size=2, **overrides):
-  cfg = eval_pipeline.default_eval_source_config("image")
+  cfg = eval_config.default_eval_source_config("image")
   cfg.update(tfds_name="imagenet2012", split=split, batch_size=batch_size, image_size=32,
              resize_size=32, **overrides)
   return cfg
@@ -354,7 +354,7 @@ def test_single_process_order_is_fixed_and_unshuffled(data):
 
 
 def test_video_source_yields_clip_major_views_per_example(data):
-  cfg = eval_pipeline.default_eval_source_config("video")
+  cfg = eval_config.default_eval_source_config("video")
   cfg.update(tfds_name="something_something_v2/original", batch_size=4, image_size=16,
              eval_short_side=32, num_frames=4, clip_seconds=0.5)
   source = eval_pipeline.make_eval_source("val", cfg, data_dir=data["data_dir"],
@@ -370,7 +370,7 @@ def test_video_source_yields_clip_major_views_per_example(data):
 
 
 def test_an_undecodable_video_frame_flags_its_record_and_keeps_the_order(data):
-  cfg = eval_pipeline.default_eval_source_config("video")
+  cfg = eval_config.default_eval_source_config("video")
   cfg.update(tfds_name="something_something_v2/original", batch_size=1, image_size=16,
              eval_short_side=32, num_frames=4, clip_seconds=0.5)
   source = eval_pipeline.make_eval_source("val", cfg, data_dir=data["data_dir"],
@@ -423,10 +423,10 @@ def test_unlabelled_or_missing_splits_are_clear_errors(data, tmp_path):
     ("image", "image_size", 220, "multiple of the patch size"),
 ])
 def test_config_errors_name_the_field(modality, field, value, message):
-  cfg = eval_pipeline.default_eval_source_config(modality)
+  cfg = eval_config.default_eval_source_config(modality)
   cfg[field] = value
   with pytest.raises(ValueError, match=f"'{field}' = .*{message}"):
-    eval_pipeline.validate_eval_source("val", cfg, patch_size=(2, 16, 16))
+    eval_config.validate_eval_source("val", cfg, patch_size=(2, 16, 16))
 
 
 def test_batch_size_must_split_over_the_processes(data):
@@ -436,10 +436,10 @@ def test_batch_size_must_split_over_the_processes(data):
 
 
 def test_default_configs_are_the_official_protocol():
-  image = eval_pipeline.default_eval_source_config("image")
-  video = eval_pipeline.default_eval_source_config("video")
+  image = eval_config.default_eval_source_config("image")
+  video = eval_config.default_eval_source_config("video")
   assert (image.image_size, image.resize_size, image.split) == (224, 224, "validation")
   assert (video.num_temporal_clips, video.num_spatial_crops, video.eval_short_side,
           video.num_frames, video.clip_seconds) == (5, 3, 224, 16, 2.7)
   for cfg in (image, video):
-    eval_pipeline.validate_eval_source("val", cfg, patch_size=(2, 16, 16))
+    eval_config.validate_eval_source("val", cfg, patch_size=(2, 16, 16))

@@ -35,14 +35,8 @@ import math
 import numpy as np
 
 from omnimae_jax.data._tf import tf
+from omnimae_jax.data.eval_config import SPATIAL_CROP_COUNTS, VIDEO_DURATIONS
 
-# How pytorchvideo measures a video's duration, which sets where the clips start:
-#   'last_frame': the last frame's timestamp, (n - 1) / fps. EncodedVideoPyAV falls back to it
-#     when the stream has no duration, as in WebM files (SSv2 ships WebM).
-#   'frame_count': n / fps, the stream duration of an MP4 (Kinetics).
-VIDEO_DURATIONS = ("last_frame", "frame_count")
-# What the official SpatialCrop supports without flips: the centre, or left/centre/right.
-SPATIAL_CROP_COUNTS = (1, 3)
 
 
 def decode_rgb(encoded):

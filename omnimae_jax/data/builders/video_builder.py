@@ -74,6 +74,8 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = short_side_configs()
   HOMEPAGE = None  # subclasses name the dataset's home
+  # One line saying what the manual dir holds; error messages and `prepare --help` quote it.
+  LAYOUT = ""
 
   def _info(self):
     # Class names are read from the manual dir's annotation files while building.
@@ -86,13 +88,26 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
     self.skipped_files = {}  # split name -> [(path, reason)], filled while building
     super().__init__(**kwargs)
 
+  # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared to ..."
+  # around a build; ours only read the manual dir, so they say that instead.
+  def _log_download_bytes(self):
+    print(f"Preparing {self.info.full_name} from the manual dir (nothing is downloaded)...")
+
+  def _log_download_done(self):
+    print(f"Prepared {self.info.full_name} in {self.data_dir}.")
+
   def _manual_dir_or_raise(self, dl_manager):
     try:
       return dl_manager.manual_dir
     except AssertionError as error:
+      # TFDS's message spans many lines; ours names the same folder in one. The folder is only
+      # kept privately by TFDS, hence the fallback to the first line of its message.
+      folder = getattr(dl_manager, "_manual_dir", None)
+      problem = (f"manual dir {folder} {'is empty' if os.path.isdir(folder) else 'does not exist'}"
+                 if folder else str(error).splitlines()[0])
       raise DatasetNotPreparedError(
-          f"{self.name}: {error}\nTo build it run: {PREPARE_COMMAND.format(name=self.name)}"
-      ) from error
+          f"{self.name}: {problem}; expected {self.LAYOUT}; then run: "
+          f"{PREPARE_COMMAND.format(name=self.name)}") from error
 
   def _set_class_names(self, names):
     self.info.features["label"].names = list(names)
@@ -145,15 +160,15 @@ def require_most_files_present(name, split, items, manual_dir):
                     split, len(missing), missing[:5])
 
 
-def find_first(manual_dir, candidates, what, name, instructions):
-  """The first existing path among `candidates` (relative to manual_dir), or a clear error."""
+def find_first(manual_dir, candidates, what, name, expected):
+  """The first existing path among `candidates` (relative to manual_dir), or a one-line error."""
   for candidate in candidates:
     path = os.path.join(manual_dir, candidate)
     if os.path.exists(path):
       return path
   raise DatasetNotPreparedError(
-      f"{name}: no {what} in manual dir {manual_dir} (looked for {list(candidates)}).\n"
-      f"{instructions}\nThen run: {PREPARE_COMMAND.format(name=name)}")
+      f"{name}: no {what} in manual dir {manual_dir} (looked for {', '.join(candidates)}); "
+      f"expected {expected}")
 
 
 def index_video_files(folder, extensions=(".mp4", ".webm", ".mkv", ".avi", ".mov")):

@@ -1,9 +1,7 @@
 """Any folder of videos with a `path,label` CSV per split, as a TFDS builder."""
-import csv
 import os
 
-
-from omnimae_jax.data.builders import video_builder
+from omnimae_jax.data.builders import annotation_files, video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
 
 SPLIT_FILES = {"train": "train.csv", "validation": "validation.csv", "test": "test.csv"}
@@ -13,23 +11,31 @@ Put into the manual dir train.csv (required) and optionally validation.csv and t
 the header `path,label` and one row per video. Paths are relative to the CSV's folder (absolute
 paths work too); labels are class names, or integer class ids 0..C-1.
 """
+LAYOUT = ("train.csv (and optionally validation.csv, test.csv) with header path,label, paths "
+          "relative to the CSV's folder")
+CSV_EXPECTED = ("a CSV with header path,label and one row per video (path relative to the CSV's "
+                "folder or absolute; label a class name or an integer id)")
 
 
 def read_path_label_csv(csv_path):
   """[(absolute video path, label string)] from a `path,label` CSV."""
   folder = os.path.dirname(os.path.abspath(csv_path))
-  with open(csv_path, newline="") as file:
-    reader = csv.DictReader(file)
-    if [name.strip() for name in reader.fieldnames or []][:2] != ["path", "label"]:
+  rows = annotation_files.read_csv(csv_path, ("path", "label"), CSV_EXPECTED)
+  if not rows:
+    raise LabelFileMismatchError(f"{csv_path} lists no videos; expected {CSV_EXPECTED}")
+  first_line_by_path = {}
+  pairs = []
+  for line, row in rows:
+    relative = annotation_files.require_value(csv_path, line, row, "path", CSV_EXPECTED)
+    path = os.path.normpath(os.path.join(folder, relative))  # "./a.mp4" and "a.mp4" are one
+    label = annotation_files.require_value(csv_path, line, row, "label", CSV_EXPECTED)
+    if path in first_line_by_path:  # TFDS would reject the duplicate key only after decoding
       raise LabelFileMismatchError(
-          f"{csv_path}: the header must start with `path,label`, got {reader.fieldnames}.\n"
-          f"{INSTRUCTIONS}")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-      if not row["path"] or not row["label"]:
-        raise LabelFileMismatchError(f"{csv_path}:{line}: empty path or label in {row}")
-      rows.append((os.path.join(folder, row["path"].strip()), row["label"].strip()))
-  return rows
+          f"{csv_path}:{line}: {row['path']} is listed again (first on line "
+          f"{first_line_by_path[path]}); expected each video once")
+    first_line_by_path[path] = line
+    pairs.append((path, label))
+  return pairs
 
 
 def class_names_from_labels(labels):
@@ -44,16 +50,16 @@ class VideoCsv(video_builder.VideoClassificationBuilder):
   """Videos listed with their labels in train.csv / validation.csv / test.csv."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  LAYOUT = LAYOUT
 
   def _split_items(self, manual_dir):
     manual_dir = os.fspath(manual_dir)
+    if not os.path.exists(os.path.join(manual_dir, SPLIT_FILES["train"])):
+      raise DatasetNotPreparedError(
+          f"{self.name}: no train.csv in manual dir {manual_dir}; expected {LAYOUT}")
     rows_per_split = {split: read_path_label_csv(os.path.join(manual_dir, file_name))
                       for split, file_name in SPLIT_FILES.items()
                       if os.path.exists(os.path.join(manual_dir, file_name))}
-    if "train" not in rows_per_split:
-      raise DatasetNotPreparedError(
-          f"{self.name}: no train.csv in manual dir {manual_dir}.\n{INSTRUCTIONS}Then run: "
-          f"{video_builder.PREPARE_COMMAND.format(name=self.name)}")
     all_labels = [label for rows in rows_per_split.values() for _, label in rows]
     class_names = class_names_from_labels(all_labels)
     # Integer labels may be written "007" or "7": both mean the class named "7".
