@@ -20,5 +20,8 @@ def make(size, arg):
   sources = common.pretrain_sources(which=args.sources, official=args.official,
                                     batch_size=args.batch_size)
   config = common.pretrain_config(size, sources=sources, epochs=args.epochs)
+  if args.sources != "videos":  # ImageNet is prepared: probe the encoder on it
+    config.evals = {"knn": common.knn_eval("imagenet2012", train_split="train[:1%]",
+                                           val_split="validation[:10%]")}
   config.lock()
   return config

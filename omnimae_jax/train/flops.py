@@ -36,6 +36,14 @@ def pretrain_forward_flops(cfg: ModelConfig, num_tokens: int, num_visible: int) 
   return patch + encoder + decoder_embed + decoder + head
 
 
+def classifier_forward_flops(cfg: ModelConfig, num_tokens: int) -> float:
+  """Forward FLOPs per sample of the fine-tuning model: patch embed and encoder on every token,
+  then the linear head on the pooled feature."""
+  patch = 2 * num_tokens * cfg.pixels_per_patch * cfg.width
+  encoder = transformer_flops(num_tokens, cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.depth)
+  return patch + encoder + 2 * cfg.width * cfg.num_classes
+
+
 def train_step_flops(forward_flops_per_sample: float, batch_size: int) -> float:
   return 3.0 * forward_flops_per_sample * batch_size
 

@@ -13,20 +13,19 @@ import jax
 import numpy as np
 from absl import logging
 
+from omnimae_jax import pretrained
 from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline
 from omnimae_jax.train import checkpoint as checkpoint_lib
+from omnimae_jax.train import evaluators as evaluators_lib
 from omnimae_jax.train import flops, metrics as metrics_lib, optim, sharding, state as state_lib
 from omnimae_jax.train import steps as steps_lib
+from omnimae_jax.train.config_checks import ConfigError, check_config
 from omnimae_jax.train.preemption import PreemptionHandler
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss or the updated state became NaN or inf; no such state was saved."""
-
-
-class ConfigError(ValueError):
-  """A configuration the run cannot start with (raised before anything compiles)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +46,19 @@ def _pretrain_flops(model_cfg, source):
   return flops.pretrain_forward_flops(model_cfg, int(np.prod(source.grid)), source.num_visible)
 
 
+def _classification(config, model, source, mesh):
+  return steps_lib.classification_objective(
+      model, augment=config.augment, num_classes=config.model.num_classes,
+      video=source.modality == "video", mesh=mesh)
+
+
+def _classifier_flops(model_cfg, source):
+  return flops.classifier_forward_flops(model_cfg, int(np.prod(source.grid)))
+
+
 MODES = {
     "pretrain": Mode("pretrain", _reconstruction, _pretrain_flops),
+    "finetune": Mode("classifier", _classification, _classifier_flops),
 }
 
 
@@ -64,6 +74,9 @@ def validate(config, mesh):
   if config.mode not in MODES:
     raise ValueError(f"mode={config.mode!r}; the training loop runs {sorted(MODES)}")
   sharding.logical_rules(config.sharding)  # raises on an unknown strategy
+  if config.init_from.path and MODES[config.mode].model_kind != "classifier":
+    raise ValueError(f"init_from.path={config.init_from.path!r} is for fine-tuning; "
+                     f"mode={config.mode!r} starts from scratch or from its workdir")
   if not config.data.sources:
     raise ValueError("data.sources is empty; configure at least one source")
   data_parallel = sharding.data_parallel_size(mesh)
@@ -147,8 +160,9 @@ def compile_steps(config, mode, model, tx, schedule, sources, mesh, shardings):
   return step_fns, step_flops
 
 
-def restore_or_create(checkpoints, model, tx, mesh, config):
-  """The latest state of the workdir on this mesh, or a fresh one; its shardings; its metadata."""
+def restore_or_create(checkpoints, model, tx, mesh, config, stream):
+  """The state to start from, its shardings and its metadata: the workdir's latest checkpoint on
+  this mesh, else a fresh state with the parameters of `config.init_from`, else from scratch."""
   abstract, shardings = state_lib.state_shardings(model, tx, mesh, config.sharding)
   try:
     state = checkpoints.restore(state_lib.with_shardings(abstract, shardings))
@@ -157,9 +171,28 @@ def restore_or_create(checkpoints, model, tx, mesh, config):
         f"{checkpoints.directory}: the saved train state does not fit this config's optimizer "
         f"(did optim.grad_clip_norm, optim.accum_steps or optim.layer_decay change?): "
         f"{error}") from error
-  if state is None:
-    return state_lib.create_state(model, tx, shardings, config.seed), shardings, {}
-  return state, shardings, checkpoints.read_meta(int(state["step"]))
+  if state is not None:
+    return state, shardings, checkpoints.read_meta(int(state["step"]))
+  initial = pretrained_parameters(config, model, abstract["params"])  # checked before compiling
+  state = state_lib.create_state(model, tx, shardings, config.seed)
+  if initial is not None:
+    source_params, report = initial
+    say(stream, str(report))
+    state = {**state, "params": pretrained.copy_params(source_params, state["params"], report)}
+  return state, shardings, {}
+
+
+def pretrained_parameters(config, model, abstract_params):
+  """(source parameters, report) of `config.init_from`, checked name by name and shape by shape
+  against the model; None when the run starts from scratch."""
+  if not config.init_from.path:
+    return None
+  path = os.path.expanduser(config.init_from.path)
+  source_model, variables = pretrained.load(path)
+  report = pretrained.plan(source_model, variables["params"], model, abstract_params,
+                           exclude=tuple(config.init_from.exclude),
+                           expect=config.init_from.expect, source=path)
+  return variables["params"], report
 
 
 def check_process_count(meta, config, stream):
@@ -185,6 +218,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   steps are done (a time-boxed session; rerunning resumes).
   """
   workdir = os.path.abspath(workdir)
+  check_config(config)  # what main.py checks too, for callers that come straight here
   try:
     mesh = sharding.make_mesh(config.mesh, devices)
     validate(config, mesh)
@@ -205,7 +239,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   checkpoints = checkpoint_lib.TrainCheckpointer(
       workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   checkpoints.check_model(model)  # before anything compiles
-  state, shardings, meta = restore_or_create(checkpoints, model, tx, mesh, config)
+  state, shardings, meta = restore_or_create(checkpoints, model, tx, mesh, config, stream)
   check_process_count(meta, config, stream)
   start_step = int(state["step"])
   skipped = {name: int(meta.get("skipped", {}).get(name, 0)) for name in sources}
@@ -222,6 +256,12 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     preemption.restore()
     return summary
 
+  try:  # opens every evaluation split (labels, preparation) before anything compiles
+    evaluators = evaluators_lib.build_evaluators(
+        config.get("evals"), model=model, mesh=mesh, strategy=config.sharding,
+        param_shardings=shardings["params"], data_dir=os.path.expanduser(config.data.data_dir))
+  except ValueError as error:
+    raise ConfigError(str(error)) from error
   step_fns, step_flops = compile_steps(config, mode, model, tx, schedule, sources, mesh,
                                        shardings)
   predict_fns = ({name: steps_lib.make_predict(model, mesh=mesh, strategy=config.sharding,
@@ -234,6 +274,19 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
                              start_step=start_step, prefetch=config.data.prefetch)
   first_losses, last_losses = summary["first_losses"], summary["losses"]
+  summary["evals"] = {}
+
+  def evals_due(done):
+    """The evaluators due after `done` steps (all of them at the start and at the end)."""
+    return {name: evaluator for name, evaluator in evaluators.items()
+            if done in (0, total_steps) or done % evaluator.every_steps == 0}
+
+  def evaluate(done):
+    for name, evaluator in evals_due(done).items():
+      results = evaluator.run(state["params"])
+      summary["evals"].setdefault(name, {})[done] = results
+      writer.write(done, {"eval": name, **{f"{name}/{k}": v for k, v in results.items()}})
+      say(stream, f"eval {name} at step {done}: " + metrics_lib.format_results(results))
 
   def checkpoint_meta():
     return {"process_count": jax.process_count(), "skipped": dict(skipped)}
@@ -260,6 +313,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
 
   pending, latest_batches = None, {}
   try:
+    if start_step == 0:
+      evaluate(0)
     for step, name, batch in loader:
       state, step_metrics = step_fns[name](state, batch)
       if pending is not None:
@@ -273,9 +328,14 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
           write_reconstruction(workdir, writer, done, source_name,
                                predict_fns[source_name](state["params"], source_batch),
                                model.config, config.loss.norm_pix)
+      if evals_due(done):
+        finish(pending)  # the evaluated parameters are known to be finite
+        pending = None
+        evaluate(done)
       preempted = preemption.should_stop(done)
       if done % config.checkpoint.every_steps == 0 or done >= last_step or preempted:
-        finish(pending)  # never save a state that is not known to be finite
+        if pending is not None:
+          finish(pending)  # never save a state that is not known to be finite
         pending = None
         checkpoints.save(done, state, model, extra=checkpoint_meta())
       if preempted:

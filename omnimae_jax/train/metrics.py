@@ -189,6 +189,19 @@ class Interval:
     return entry
 
 
+def format_results(results: Dict) -> str:
+  """'top1 71.20% top5 90.10% examples 50000 ...': fractions as percentages."""
+  parts = []
+  for key, value in results.items():
+    if "top" in key:
+      parts.append(f"{key} {value:.2%}")
+    elif isinstance(value, float):
+      parts.append(f"{key} {value:.1f}")
+    else:
+      parts.append(f"{key} {value}")
+  return " ".join(parts)
+
+
 def progress_line(step: int, total: int, metrics: Dict) -> str:
   mfu = metrics.get("mfu")
   losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in sorted(metrics.items())

@@ -1,4 +1,5 @@
-"""SIGTERM (a preempted VM, `scancel`, the end of an allocation) -> save a checkpoint and exit.
+"""SIGTERM (a preempted VM, `scancel`, the end of an allocation) or Ctrl-C -> save a checkpoint
+and exit. A second Ctrl-C aborts at once (KeyboardInterrupt), without saving.
 
 With several processes, signals reach the hosts at different moments, yet a save is collective:
 every `sync_every_steps` steps the processes agree (any process signalled -> all stop at that
@@ -20,10 +21,16 @@ class PreemptionHandler:
     self.sync_every_steps = sync_every_steps
     self.signalled = False  # this process got SIGTERM
     self.stopping = False  # every process agreed to stop
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {signum: signal.signal(signum, self._handle)
+                      for signum in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and exiting")
+    if signum == signal.SIGINT and self.signalled:
+      raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
+    logging.warning("%s received: saving a checkpoint and exiting", signal.Signals(signum).name)
+    if signum == signal.SIGINT and jax.process_index() == 0:
+      print("Ctrl-C: saving a checkpoint at the next step (Ctrl-C again to abort without saving)",
+            flush=True)
     self.signalled = True
 
   def should_stop(self, done_steps: int) -> bool:
@@ -36,4 +43,5 @@ class PreemptionHandler:
     return self.stopping
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)

@@ -50,6 +50,12 @@ def state_shardings(model, tx, mesh, strategy: str) -> Tuple[Any, Any]:
   return abstract, shardings
 
 
+def param_shardings(model, mesh, strategy: str):
+  """NamedShardings of the model's parameters (for placing loaded parameters, e.g. to evaluate)."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_inputs(model))["params"])
+  return sharding.param_shardings(boxed, mesh, strategy)
+
+
 def with_shardings(abstract, shardings):
   """ShapeDtypeStructs that carry their target sharding (what orbax restores onto)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -44,6 +44,35 @@ def reconstruction_objective(model, *, norm_pix: bool):
   return objective
 
 
+def classification_objective(model, *, augment, num_classes: int, video: bool, mesh):
+  """Fine-tuning: soft-target cross-entropy after on-device random erasing and mixup/cutmix
+  (timm's batch mode, each data shard mixing within itself). Every draw comes from `rng`, itself
+  folded from (seed, step), so a resumed run draws the same boxes and lambdas."""
+  from omnimae_jax.train import batch_augment  # noqa: PLC0415  (only fine-tuning needs it)
+
+  def mix(key, pixels, labels, valid):
+    return batch_augment.mixup_cutmix(
+        key, pixels, labels, valid, num_classes=num_classes, mixup_alpha=augment.mixup_alpha,
+        cutmix_alpha=augment.cutmix_alpha, prob=augment.mix_prob,
+        switch_prob=augment.switch_prob, label_smoothing=augment.label_smoothing)
+
+  mix_within_shards = batch_augment.shard_local(mix, mesh)
+
+  def objective(params, batch, rng):
+    dropout_rng, erase_rng, mix_rng = jax.random.split(rng, 3)
+    pixels = pixel_utils.normalize(batch["pixels"])
+    if augment.erase_prob > 0:
+      pixels = batch_augment.random_erasing(
+          erase_rng, pixels, prob=augment.erase_prob, mode=augment.erase_mode,
+          max_area=augment.erase_max_area, max_aspect=augment.erase_max_aspect or None,
+          video=video)
+    pixels, targets = mix_within_shards(mix_rng, pixels, batch["label"], batch["valid"])
+    logits = model.apply({"params": params}, pixels, train=True, rngs={"dropout": dropout_rng})
+    return weighted_mean(optax.softmax_cross_entropy(logits, targets), sample_weights(batch))
+
+  return objective
+
+
 def tree_all_finite(tree):
   """True when every floating-point leaf of `tree` is finite (integer counters are skipped)."""
   checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
