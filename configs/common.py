@@ -17,19 +17,23 @@ OFFICIAL_MASK_RATIOS = {"image": 0.75, "video": 0.9}  # the released ViT-B yaml 
 def parse_arg(arg, **defaults):
   """'official,sources=images' -> ConfigDict(official=True, sources='images') over the defaults.
 
-  A bare word sets a boolean default to True; key=value casts to the default's type. Unknown
-  keys are errors naming the allowed ones.
+  A bare word sets a boolean default to True; key=value casts to the default's type; `key=`
+  sets a string to '' (e.g. `init=`: no initialisation). Unknown keys are errors naming the
+  allowed ones.
   """
   values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
+    key, equals, value = item.partition("=")
     if key not in defaults:
       raise ValueError(f"config arg {key!r} unknown; allowed: {sorted(defaults)}")
     default = defaults[key]
     if not value:
-      if not isinstance(default, bool):
+      if isinstance(default, str) and equals:
+        values[key] = ""
+      elif not isinstance(default, bool):
         raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
-      values[key] = True
+      else:
+        values[key] = True
     else:
       values[key] = _cast_arg(key, value, default)
   return ml_collections.ConfigDict(values)

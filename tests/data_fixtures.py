@@ -6,12 +6,16 @@ that several modules share one build.
 """
 import json
 import os
+import shutil
+import struct
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from omnimae_jax.data import config as config_lib
 from omnimae_jax.data import sources, synthetic_files
+from omnimae_jax.data._tf import tf
 from omnimae_jax.data.builders import kinetics
 
 PATCH_SIZE = (2, 8, 8)
@@ -139,3 +143,54 @@ def small_source_config(modality, tfds_name, **overrides):
   for field, value in overrides.items():
     cfg[field] = value
   return cfg
+
+
+def copy_prepared(tfds_name, data_dir, new_data_dir):
+  """A private copy of a prepared dataset in new_data_dir, to damage; returns its builder."""
+  builder = sources.load_builder(tfds_name, data_dir)
+  destination = os.path.join(new_data_dir, os.path.relpath(builder.data_path, data_dir))
+  shutil.copytree(builder.data_path, destination)
+  return sources.load_builder(tfds_name, new_data_dir)
+
+
+def rewrite_records(path, change):
+  """Rewrites a TFRecord file of tf.train.Examples through change(position, example), which edits
+  the example in place; the file's checksums stay valid, so only decoding can notice."""
+  examples = [tf.train.Example.FromString(record)
+              for record in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+  with tf.io.TFRecordWriter(path) as writer:
+    for position, example in enumerate(examples):
+      change(position, example)
+      writer.write(example.SerializeToString())
+
+
+def garbage_bytes(encoded):
+  """Random bytes of the same length: no image format at all."""
+  return np.random.default_rng(len(encoded)).bytes(len(encoded))
+
+
+def truncated_jpeg(encoded):
+  """The JPEG cut a few bytes after its start-of-scan header: the header (size) still reads, no
+  scanline decodes."""
+  start_of_scan = encoded.index(b"\xff\xda")
+  header_length = int.from_bytes(encoded[start_of_scan + 2:start_of_scan + 4], "big")
+  return encoded[:start_of_scan + 2 + header_length + 8]
+
+
+def damage_media(example, media_key, damage):
+  """Applies damage(bytes) -> bytes to every encoded image (or video frame) of an example."""
+  values = example.features.feature[media_key].bytes_list.value
+  values[:] = [damage(value) for value in values]
+
+
+def record_payloads(path):
+  """[(offset, length)] of each record's payload in a TFRecord file (framing: uint64 length,
+  uint32 length CRC, payload, uint32 payload CRC)."""
+  with open(path, "rb") as file:
+    content = file.read()
+  payloads, offset = [], 0
+  while offset < len(content):
+    (length,) = struct.unpack("<Q", content[offset:offset + 8])
+    payloads.append((offset + 12, length))
+    offset += 12 + length + 4
+  return payloads

@@ -1,5 +1,7 @@
 """Modality schedule and the Loader: homogeneous steps, global arrays, exact resume."""
 import collections
+import threading
+import time
 
 import jax
 import numpy as np
@@ -67,7 +69,7 @@ def test_loader_yields_global_arrays_sharded_over_the_devices(demo_sources, batc
   assert loader.steps_per_source == {"images": 6, "videos": 10}
   assert [step for step, _, _ in items] == [0, 1, 2, 3]
   for _, name, batch in items:
-    assert set(batch) == {"pixels", "mask", "keep_idx", "label"}
+    assert set(batch) == {"pixels", "mask", "keep_idx", "label", "valid"}
     for value in batch.values():
       assert isinstance(value, jax.Array) and value.sharding == batch_sharding
       assert value.shape[0] == 8 and len(value.addressable_shards) == 8
@@ -75,7 +77,8 @@ def test_loader_yields_global_arrays_sharded_over_the_devices(demo_sources, batc
     expected_pixels = (8, 32, 32, 3) if name == "images" else (8, 4, 32, 32, 3)
     assert batch["pixels"].shape == expected_pixels and batch["pixels"].dtype == np.uint8
   assert loader.last_wait_seconds >= 0.0
-  assert loader.corrupt_records == {"images": 0, "videos": 0}
+  assert all(np.asarray(batch["valid"]).all() for _, _, batch in items)
+  assert loader.take_corrupt_record_ids() == []
 
 
 def test_loader_follows_the_schedule_across_epochs(demo_sources, batch_sharding):
@@ -100,7 +103,7 @@ def test_loader_resumes_exactly_at_any_step(demo_sources, batch_sharding, start_
 class _BrokenSource:
   steps_per_epoch = 3
 
-  def dataset(self, epoch, skip_batches=0):
+  def batches(self, epoch, skip_batches=0):
     raise OSError(f"disk gone while opening epoch {epoch}")
 
 
@@ -111,6 +114,32 @@ def test_producer_errors_reach_the_consumer(batch_sharding):
   with pytest.raises(OSError, match="disk gone"):
     next(loader)
   loader.close()
+
+
+class _StuckSource:
+  """A source whose reads never return (a hung file system) until `release` is set."""
+  steps_per_epoch = 3
+
+  def __init__(self):
+    self.release = threading.Event()
+
+  def batches(self, epoch, skip_batches=0):
+    self.release.wait()
+    return iter(())
+
+
+def test_stop_ends_a_wait_on_a_stuck_producer(batch_sharding):
+  source = _StuckSource()
+  loader = loader_lib.Loader({"stuck": source}, sharding=batch_sharding, seed=0)
+  stopper = threading.Timer(0.5, loader.stop)  # as the preemption handler would
+  stopper.start()
+  started = time.monotonic()
+  with pytest.raises(StopIteration):
+    next(loader)
+  assert time.monotonic() - started < 5.0
+  source.release.set()
+  loader.close()
+  assert not loader._thread.is_alive()
 
 
 def test_close_stops_the_background_thread(demo_sources, batch_sharding):

@@ -50,7 +50,11 @@ def test_image_batches_have_the_documented_keys_shapes_and_dtypes(image_source):
   batch = _batches(image_source, limit=1)[0]
   assert {key: (value.shape, value.dtype.name) for key, value in batch.items()} == {
       "pixels": ((8, 32, 32, 3), "uint8"), "mask": ((8, 16), "bool"),
-      "keep_idx": ((8, 4), "int32"), "label": ((8,), "int32")}
+      "keep_idx": ((8, 4), "int32"), "label": ((8,), "int32"), "valid": ((8,), "bool"),
+      "record_id": ((8,), "object")}
+  assert batch["valid"].all()
+  assert all(record_id.startswith(b"omnimae_demo-validation.tfrecord") for record_id in
+             batch["record_id"])
   assert (batch["mask"].sum(axis=1) == 12).all()
   for mask, keep in zip(batch["mask"], batch["keep_idx"]):
     np.testing.assert_array_equal(keep, np.flatnonzero(~mask))
@@ -65,9 +69,12 @@ def test_video_batches_have_the_documented_keys_shapes_and_dtypes(video_source):
   assert len(batches) == 12
   assert {key: (value.shape, value.dtype.name) for key, value in batches[0].items()} == {
       "pixels": ((8, 4, 32, 32, 3), "uint8"), "mask": ((8, 32), "bool"),
-      "keep_idx": ((8, 8), "int32"), "label": ((8,), "int32")}
-  labels = batches[0]["label"]
-  assert (labels[:4] == labels[0]).all() and (labels[4:] == labels[4]).all()
+      "keep_idx": ((8, 8), "int32"), "label": ((8,), "int32"), "valid": ((8,), "bool"),
+      "record_id": ((8,), "object")}
+  for key in ("label", "record_id"):  # the 4 replicas of a clip are adjacent
+    values = batches[0][key]
+    assert (values[:4] == values[0]).all() and (values[4:] == values[4]).all()
+  assert batches[0]["record_id"][0] != batches[0]["record_id"][4]
 
 
 def test_replicas_of_a_clip_share_frames_but_not_crop_or_mask(data):

@@ -7,6 +7,8 @@ import ml_collections
 
 MODALITIES = ("image", "video")
 MASK_KINDS = ("random", "tube", "causal", "frame")
+# A classification (fine-tuning) source: no mask, every token is seen.
+NO_MASK = "none"
 
 
 def default_source_config(modality):
@@ -39,6 +41,12 @@ def default_source_config(modality):
       mask_kind="random",
       mask_ratio=0.95 if is_video else 0.9,
       shuffle_buffer=1_000 if is_video else 10_000,  # video records are ~0.5 MB each
+      # Undecodable records are placeholders (valid=False); past this fraction of an epoch's
+      # samples the run stops (CorruptDataError): the split is damaged, not a few files.
+      max_corrupt_fraction=0.5,
+      # RandAugment per sample after the crop ('' off): timm's 'rand-m9-mstd0.5-inc1' for
+      # images, 'video-m7-n4-p0.5' (pytorchvideo, one draw per clip) for videos.
+      rand_augment="",
   ))
 
 
@@ -112,4 +120,23 @@ def validate_source(name, cfg, patch_size):
   _validate_pair(name, cfg, "crop_ratio", 0.0, float("inf"))
   if cfg.shuffle_buffer < 1:
     _fail(name, "shuffle_buffer", cfg.shuffle_buffer, "expected an integer >= 1")
-  _validate_masking(name, cfg, patch_size)
+  if not 0.0 < cfg.max_corrupt_fraction <= 1.0:
+    _fail(name, "max_corrupt_fraction", cfg.max_corrupt_fraction,
+          "expected a fraction in (0, 1] (1 never stops the run)")
+  _validate_rand_augment(name, cfg)
+  if cfg.mask_kind != NO_MASK:
+    _validate_masking(name, cfg, patch_size)
+
+
+def _validate_rand_augment(name, cfg):
+  if not cfg.rand_augment:
+    return
+  from omnimae_jax.data import augment  # noqa: PLC0415  (TensorFlow)
+
+  try:
+    spec = augment.parse_rand_augment(cfg.rand_augment)
+  except ValueError as error:
+    _fail(name, "rand_augment", cfg.rand_augment, str(error))
+  if (spec.kind == "video") != (cfg.modality == "video"):
+    _fail(name, "rand_augment", cfg.rand_augment,
+          f"a {spec.kind} RandAugment spec on a {cfg.modality} source")

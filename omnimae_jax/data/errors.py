@@ -7,3 +7,8 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 class LabelFileMismatchError(ValueError):
   """Annotation files and video files of a manual dir do not describe the same dataset."""
+
+
+class CorruptDataError(RuntimeError):
+  """Prepared data is damaged beyond skipping single records: a TFRecord file that fails its
+  checksum or ends mid-record, or a split where most records cannot be decoded."""

@@ -3,7 +3,9 @@
 Nothing here downloads: real datasets are built once by the user (see `omnimae_jax.data.prepare`
 and the README's "Preparing data"); only the synthetic demo set is built on demand.
 """
+from concurrent import futures
 import os
+import re
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -11,9 +13,13 @@ import tensorflow_datasets as tfds
 from omnimae_jax.data import builders  # noqa: F401  (registers our builders with TFDS)
 from omnimae_jax.data._tf import tf
 from omnimae_jax.data.builders.video_builder import PREPARE_COMMAND
-from omnimae_jax.data.errors import DatasetNotPreparedError
+from omnimae_jax.data.errors import CorruptDataError, DatasetNotPreparedError
 
 DEMO_DATASET = "omnimae_demo"
+# Files re-read at once when looking for the damaged file of a split (I/O bound).
+_PARALLEL_FILE_CHECKS = 8
+# Damaged files named in full in an error message; the rest are counted.
+_FILES_NAMED = 5
 
 _HOW_TO_PREPARE = {
     "imagenet2012": (
@@ -112,13 +118,65 @@ def media_and_label_keys(builder, modality):
 def read_records(builder, split, *, media_key, shuffle_seed):
   """Undecoded examples of `split`: the media feature stays encoded (JPEG bytes, or a [n] vector
   of JPEG frames) so that skipping and sampling cost no decoding. The file order is shuffled
-  from `shuffle_seed` and the interleave is deterministic, so the order is reproducible."""
+  from `shuffle_seed` and the interleave is deterministic, so the order is reproducible. Each
+  example has a 'tfds_id' (its file and position: what a log names when it cannot be decoded)."""
   options = tf.data.Options()
   options.deterministic = True
   read_config = tfds.ReadConfig(
       shuffle_seed=shuffle_seed,
       try_autocache=False,  # a cached first epoch would fix the order for every later epoch
       options=options,
+      add_tfds_id=True,
   )
   return builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                             decoders={media_key: tfds.decode.SkipDecoding()})
+
+
+def split_files(builder, split):
+  """Paths of the files that hold `split` (a slice or a process's part too), in order."""
+  instructions = builder.info.splits[split].file_instructions
+  return list(dict.fromkeys(os.fspath(instruction.filename) for instruction in instructions))
+
+
+def _without_tf_decorations(message):
+  """'{{function_node ...}} corrupted record at 12 [Op:IteratorGetNext]' -> 'corrupted record
+  at 12': what TF says, without where in its graph it said it."""
+  message = re.sub(r"\{\{[^}]*\}\}", "", message)
+  return re.sub(r"\[Op:[^\]]*\].*$", "", message, flags=re.S).strip()
+
+
+def file_read_error(path):
+  """Why the TFRecord file at `path` cannot be read in full (a record failing its checksum, a
+  record cut short), or None when every record reads back."""
+  try:
+    for _ in tf.data.TFRecordDataset(path).batch(1024):
+      pass
+  except tf.errors.OpError as error:
+    return _without_tf_decorations(error.message)
+  return None
+
+
+def damaged_files(builder, split):
+  """[(path, why)] for the files of `split` that cannot be read in full (they are all re-read)."""
+  paths = split_files(builder, split)
+  with futures.ThreadPoolExecutor(_PARALLEL_FILE_CHECKS) as pool:
+    reasons = list(pool.map(file_read_error, paths))
+  return [(path, why) for path, why in zip(paths, reasons) if why]
+
+
+def read_error_as_corrupt_data(builder, tfds_name, split, error, what):
+  """CorruptDataError for a read error of `split` (e.g. tf.errors.DataLossError), naming the
+  damaged files; `what` starts the message (e.g. "data source 'in1k'")."""
+  logging.warning("%s: reading %s %s failed (%s); re-reading its files to find the damaged one",
+                  what, tfds_name, split, _without_tf_decorations(error.message))
+  damaged = damaged_files(builder, split)
+  fix = (f"delete {builder.data_path} and prepare the dataset again ({how_to_prepare(tfds_name)})")
+  if not damaged:
+    return CorruptDataError(
+        f"{what}: reading {tfds_name} {split} failed ({_without_tf_decorations(error.message)}), "
+        f"yet every file of it read back in full on a second try: the storage may be failing. "
+        f"If this repeats, {fix}")
+  named = "; ".join(f"{path} ({why})" for path, why in damaged[:_FILES_NAMED])
+  more = f"; and {len(damaged) - _FILES_NAMED} more" if len(damaged) > _FILES_NAMED else ""
+  return CorruptDataError(f"{what}: {len(damaged)} file(s) of {tfds_name} {split} are damaged: "
+                          f"{named}{more}. They cannot be repaired: {fix}")

@@ -195,6 +195,17 @@ def pretrained_parameters(config, model, abstract_params):
   return variables["params"], report
 
 
+def check_classes(config, mode, sources):
+  """A classifier's head must have as many outputs as the training data has classes."""
+  if mode.model_kind != "classifier":
+    return
+  for name, source in sources.items():
+    if source.num_classes is not None and source.num_classes != config.model.num_classes:
+      raise ConfigError(
+          f"model.num_classes={config.model.num_classes} but {source.cfg.tfds_name} "
+          f"(data.sources.{name}) has {source.num_classes} classes")
+
+
 def check_process_count(meta, config, stream):
   """A resume on another number of processes restores the state exactly, but each process reads
   its own part of every split with its own seeds: the data order changes from here on."""
@@ -225,6 +236,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     mode = MODES[config.mode]
     model = state_lib.build_model(config.model, mode.model_kind)
     sources = open_sources(config, model.config.patch_size)
+    check_classes(config, mode, sources)
     total_steps = config.total_steps or config.epochs * sum(
         s.steps_per_epoch for s in sources.values())
     optimizer_steps = max(total_steps // config.optim.accum_steps, 1)
@@ -273,6 +285,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
                                   peak * mesh.devices.size if peak else None)
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
                              start_step=start_step, prefetch=config.data.prefetch)
+  # A signal also ends a wait on the loader (data that stopped coming): the loop then saves.
+  preemption.on_signal(loader.stop)
   first_losses, last_losses = summary["first_losses"], summary["losses"]
   summary["evals"] = {}
 
@@ -305,6 +319,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     # The session's first step is logged too: it shows the starting loss once compiled.
     if done % config.log_every_steps and done not in (total_steps, start_step + 1):
       return
+    for source, record_id in loader.take_corrupt_record_ids():
+      say(stream, f"Skipped an undecodable record of {source!r}: {record_id}")
     entry = {"modality": record.source, "loss": loss, "lr": float(values["lr"]),
              "grad_norm": grad_norm, **interval.summary(done),
              **{f"skipped_{name}": count for name, count in skipped.items()}}
@@ -345,6 +361,11 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
         break
     if pending is not None:
       finish(pending)
+    if preemption.signalled and not preemption.stopping:  # the loader stopped while waiting
+      done = int(state["step"])
+      checkpoints.save(done, state, model, extra=checkpoint_meta())
+      say(stream, f"Stopped while waiting for data: saved step {done}; rerun to resume")
+      preemption.stopping = True
   finally:
     loader.close()
     checkpoints.close()

@@ -21,8 +21,13 @@ class PreemptionHandler:
     self.sync_every_steps = sync_every_steps
     self.signalled = False  # this process got SIGTERM
     self.stopping = False  # every process agreed to stop
+    self._on_signal = []
     self._previous = {signum: signal.signal(signum, self._handle)
                       for signum in (signal.SIGTERM, signal.SIGINT)}
+
+  def on_signal(self, callback):
+    """Calls `callback()` when a signal arrives (e.g. to stop a data loader that is waiting)."""
+    self._on_signal.append(callback)
 
   def _handle(self, signum, frame):
     if signum == signal.SIGINT and self.signalled:
@@ -32,6 +37,8 @@ class PreemptionHandler:
       print("Ctrl-C: saving a checkpoint at the next step (Ctrl-C again to abort without saving)",
             flush=True)
     self.signalled = True
+    for callback in self._on_signal:
+      callback()
 
   def should_stop(self, done_steps: int) -> bool:
     """Whether to save and stop after `done_steps` steps; the same answer on every process."""
