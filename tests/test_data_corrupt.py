@@ -264,3 +264,46 @@ def test_only_the_first_corrupt_records_of_an_epoch_are_logged(corrupt_images, m
   messages = [record.getMessage() for record in caplog.records]
   assert sum("could not be decoded" in message for message in messages) == 3
   assert sum("the rest are counted" in message for message in messages) == 1
+
+
+def test_training_over_5_percent_corrupt_jpegs_resumes_bit_exactly_and_counts_them(
+    corrupt_images, tmp_path):
+  """One epoch of pretraining over the corrupt split, straight and stopped at steps 7 and 16:
+  the same per-step losses and final parameters, and metrics.jsonl counts every corrupt record
+  once across the resumes."""
+  import io
+  import json
+
+  import jax
+
+  from configs import demo_omni
+  from omnimae_jax.train import checkpoint as checkpoint_lib
+  from omnimae_jax.train import loop
+
+  data_dir, corrupt_ids = corrupt_images
+  config = demo_omni.get_config("sources=images")
+  with config.unlocked():
+    config.data.data_dir = data_dir
+    config.data.sources.images.update(split="validation", batch_size=8, shuffle_buffer=64)
+    config.update(total_steps=25, log_every_steps=1, recon_every_steps=0, evals={})
+    config.checkpoint.every_steps = 100
+
+  def train(workdir, stop_at_step=None):
+    return loop.train(config, str(workdir), stream=io.StringIO(), stop_at_step=stop_at_step)
+
+  def logged(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+      return {entry["step"]: entry for entry in map(json.loads, f)}
+
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  summary = train(straight)
+  for stop in (7, 16, None):
+    train(interrupted, stop)
+  assert summary["skipped"] == {"images": len(corrupt_ids)}
+  runs = logged(straight), logged(interrupted)
+  assert sorted(runs[0]) == sorted(runs[1]) == list(range(1, 26))
+  assert [runs[0][s]["loss"] for s in range(1, 26)] == [runs[1][s]["loss"] for s in range(1, 26)]
+  assert runs[0][25]["skipped_images"] == runs[1][25]["skipped_images"] == len(corrupt_ids)
+  for a, b in zip(jax.tree.leaves(checkpoint_lib.load_model(str(straight))[1]),
+                  jax.tree.leaves(checkpoint_lib.load_model(str(interrupted))[1])):
+    np.testing.assert_array_equal(a, b)

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo_finetune, demo_omni
+from configs import common, demo_finetune, demo_omni
 from omnimae_jax import pretrained
 from omnimae_jax.data import sources as sources_lib
 from omnimae_jax.train import checkpoint as checkpoint_lib
-from omnimae_jax.train import loop
+from omnimae_jax.train import evaluate, loop
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,21 @@ def test_finetune_from_a_pretraining_workdir_resumes_exactly(demo_data_dir, pret
   assert all(m["val/examples"] == 200 and 0.0 <= m["val/top1"] <= 1.0 for m in evals)
   assert sorted(summary["evals"]["val"]) == [0, 4]
 
+  # mode=evaluate on the fine-tuning workdir measures what the loop measured at its last step,
+  # and keeps the earlier results of eval_results.json.
+  eval_config = common.evaluate_config("in1k", str(straight), batch_size=40)
+  with eval_config.unlocked():
+    eval_config.compute_dtype = "float32"
+    eval_config.data.data_dir = demo_data_dir
+    eval_config.evals.val.source.update(config.evals.val.source)
+  eval_dir = tmp_path / "evaluate"
+  for _ in range(2):
+    results = evaluate.evaluate(eval_config, str(eval_dir), stream=io.StringIO())
+  assert results["val"]["top1"] == summary["evals"]["val"][4]["top1"]
+  assert results["val"]["examples"] == 200
+  with open(eval_dir / "eval_results.json") as f:
+    assert len(json.load(f)) == 2
+
 
 def test_first_step_starts_from_the_pretrained_trunk(demo_data_dir, pretrained_workdir,
                                                       tmp_path):
@@ -104,11 +119,11 @@ def test_first_step_starts_from_the_pretrained_trunk(demo_data_dir, pretrained_w
     ({"init_from.path": "/nonexistent/ckpt"}, checkpoint_lib.CheckpointError,
      "no such file or directory"),
     ({"model.num_classes": 7}, loop.ConfigError, "num_classes"),
-    ({"data.sources.train.split": "validation[:0%]"}, Exception, "validation"),
+    ({"data.sources.train.split": "validation[:0%]"}, loop.ConfigError, "validation"),
     ({"optim.layer_decay": 1.5}, loop.ConfigError, "optim.layer_decay"),
     ({"augment.mixup_alpha": -0.2}, loop.ConfigError, "augment.mixup_alpha"),
     ({"data.sources.train.rand_augment": "rand-m9-bogus3"}, loop.ConfigError, "rand_augment"),
-    ({"evals.val.source.num_temporal_clips": 0}, loop.ConfigError, "num_temporal_clips"),
+    ({"evals.val.source.resize_size": 32}, loop.ConfigError, "resize_size"),
 ])
 def test_bad_fine_tuning_input_fails_before_compiling(demo_data_dir, pretrained_workdir, tmp_path,
                                                       changes, error, match):
