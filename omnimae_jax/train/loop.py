@@ -286,7 +286,9 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   loader = loader_lib.Loader(sources, sharding=sharding.batch_sharding(mesh), seed=config.seed,
                              start_step=start_step, prefetch=config.data.prefetch)
   # A signal also ends a wait on the loader (data that stopped coming): the loop then saves.
-  preemption.on_signal(loader.stop)
+  # Several processes must instead stop together at the step they agree on.
+  if jax.process_count() == 1:
+    preemption.on_signal(loader.stop)
   first_losses, last_losses = summary["first_losses"], summary["losses"]
   summary["evals"] = {}
 
