@@ -145,12 +145,10 @@ class EvalSource:
 
   def _decode_or_flag(self, record):
     """A one-example dataset: the decoded record, or an invalid one with its id if decoding
-    raised. tf.data has no per-element try/except; a nested dataset whose ignore_errors() came
-    up empty falls through to the flagged copy, so the record keeps its slot and its id."""
-    one = tf.data.Dataset.from_tensors(record)
-    decoded = one.map(self._decoded).ignore_errors(log_warning=True)
-    flagged = one.map(lambda r: self._invalid(self._record_id(r), tf.constant(True)))
-    return decoded.concatenate(flagged).take(1)
+    raised (the record keeps its slot and its id)."""
+    return sources.decoded_or_fallback(
+        record, self._decoded,
+        lambda r: self._invalid(self._record_id(r), tf.constant(True)))
 
   def _padding(self, count):
     return tf.data.Dataset.range(count).map(

@@ -170,16 +170,10 @@ class Source:
     return tf.random.experimental.stateless_fold_in(base, self.process_index)
 
   def _decoded_or_placeholder(self, epoch_seed, index, record):
-    """A one-element dataset: the record's decode stage, or its placeholder if that raised.
-
-    tf.data has no per-element try/except: a nested dataset whose ignore_errors() came up empty
-    falls through to the placeholder. Only the decode map is under ignore_errors, so a read error
-    of the split (upstream) is raised at once instead of being retried forever.
-    """
-    one = tf.data.Dataset.from_tensors((index, record))
-    decoded = one.map(lambda index, record: self._decode(epoch_seed, index, record))
-    placeholder = one.map(self._placeholder)
-    return decoded.ignore_errors(log_warning=True).concatenate(placeholder).take(1)
+    """A one-element dataset: the record's decode stage, or its placeholder if that raised."""
+    return sources.decoded_or_fallback(
+        (index, record), lambda index, record: self._decode(epoch_seed, index, record),
+        self._placeholder)
 
   def _decode(self, epoch_seed, index, record):
     """Decode stage: only the pixels the sample uses (image: the crop box [h, w, 3]; video: the

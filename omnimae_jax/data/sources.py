@@ -180,3 +180,16 @@ def read_error_as_corrupt_data(builder, tfds_name, split, error, what):
   more = f"; and {len(damaged) - _FILES_NAMED} more" if len(damaged) > _FILES_NAMED else ""
   return CorruptDataError(f"{what}: {len(damaged)} file(s) of {tfds_name} {split} are damaged: "
                           f"{named}{more}. They cannot be repaired: {fix}")
+
+
+def decoded_or_fallback(element, decode, fallback):
+  """A one-element dataset: decode(*element), or fallback(*element) if decoding raised.
+
+  tf.data has no per-element try/except: a nested dataset whose ignore_errors() came up empty
+  falls through to the fallback, so a corrupt record keeps its slot. Only the decode map is under
+  ignore_errors, so a read error of the split (upstream) is raised at once instead of being
+  retried forever.
+  """
+  one = tf.data.Dataset.from_tensors(element)
+  decoded = one.map(decode).ignore_errors(log_warning=True)
+  return decoded.concatenate(one.map(fallback)).take(1)
