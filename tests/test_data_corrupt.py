@@ -4,6 +4,8 @@ A record that cannot be decoded keeps its slot as an invalid sample; a damaged f
 where too many records fail, stops the run with a CorruptDataError saying what to do; an error in
 our own transform code is raised, not skipped.
 """
+import io
+import json
 import os
 import threading
 
@@ -18,6 +20,7 @@ from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline, sources, transforms
 from omnimae_jax.data._tf import tf
 from omnimae_jax.data.errors import CorruptDataError
+from omnimae_jax.train import checkpoint, loop
 
 assert data  # the session fixture, imported so that pytest finds it here
 
@@ -264,3 +267,48 @@ def test_only_the_first_corrupt_records_of_an_epoch_are_logged(corrupt_images, m
   messages = [record.getMessage() for record in caplog.records]
   assert sum("could not be decoded" in message for message in messages) == 3
   assert sum("the rest are counted" in message for message in messages) == 1
+
+
+def _pretraining_over(data_dir, total_steps):
+  """The demo pretraining on the corrupt image split alone: batches of 8, 25 steps an epoch."""
+  from configs import demo_omni  # noqa: PLC0415 (a config module, only this test needs it)
+  config = demo_omni.get_config("sources=images")
+  with config.unlocked():
+    config.data.data_dir = data_dir
+    source = config.data.sources.images
+    source.update(split="validation", batch_size=8, image_size=32, shuffle_buffer=64)
+    config.model.img_size = 32
+    config.total_steps = total_steps
+    config.log_every_steps = 1
+    config.recon_every_steps = 0
+    config.checkpoint.every_steps = 5
+    config.evals = {}
+  return config
+
+
+def _training_history(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as file:
+    entries = [json.loads(line) for line in file]
+  return [(e["step"], e["loss"], e["skipped_images"]) for e in entries if "eval" not in e]
+
+
+def test_pretraining_over_5_percent_corrupt_jpegs_resumes_bit_exactly_and_counts_them(
+    corrupt_images, tmp_path):
+  """An epoch of training over the damaged split: interrupted twice (between and off the save
+  steps), it gives the losses and parameters of the run that never stopped, and the metrics
+  count each of the 10 corrupt records once."""
+  data_dir, corrupt_ids = corrupt_images
+  config = _pretraining_over(data_dir, total_steps=25)
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  quiet = io.StringIO
+  loop.train(config, straight, stream=quiet())
+  for stop in (7, 16, None):
+    loop.train(config, interrupted, stream=quiet(), stop_at_step=stop)
+  history = _training_history(straight)
+  assert [step for step, _, _ in history] == list(range(1, 26))
+  assert history[-1][2] == len(corrupt_ids) == 10
+  assert _training_history(interrupted) == history
+  _, straight_vars = checkpoint.load_model(straight)
+  _, resumed_vars = checkpoint.load_model(interrupted)
+  for a, b in zip(jax.tree.leaves(straight_vars), jax.tree.leaves(resumed_vars)):
+    np.testing.assert_array_equal(a, b)
