@@ -130,6 +130,19 @@ def data(tmp_path_factory):
   return built_data(str(tmp_path_factory.getbasetemp() / "data_fixtures"))
 
 
+def prepare_imagenet2012(base_dir, *, num_validation, synsets=IMAGENET_SYNSETS[:1],
+                         images_per_synset=1, **manual_kwargs):
+  """A small imagenet2012 of its own, built by the real TFDS builder under base_dir: the
+  validation images take the first `num_validation` labels of TFDS's validation_labels.txt
+  (1000 classes). Returns (data_dir, manual_dir)."""
+  data_dir, manual_dir = os.path.join(base_dir, "tfds"), os.path.join(base_dir, "manual")
+  synthetic_files.write_imagenet_manual_dir(
+      manual_dir, synsets=synsets, images_per_synset=images_per_synset,
+      num_validation=num_validation, **manual_kwargs)
+  _build("imagenet2012", data_dir, manual_dir)
+  return data_dir, manual_dir
+
+
 def small_source_config(modality, tfds_name, **overrides):
   """A source config small enough for CPU tests: 32-pixel crops, 4 frames, batch 8."""
   cfg = config_lib.default_source_config(modality)
