@@ -86,7 +86,7 @@ def _named(error: Exception, path: str) -> str:
 
 
 def _with_overrides(model: nn.Module, variables, overrides: dict, path: str):
-  """The saved model with non-architecture fields replaced (compute_dtype, remat, img_size...)."""
+  """The saved model with non-architecture fields replaced (compute_dtype, remat, attention...)."""
   if not overrides:
     return model, variables
   if "patch_size" in overrides:
@@ -126,7 +126,7 @@ def load(path: Union[str, os.PathLike], expect: str = "any", **overrides
   PretrainedError. overrides: ModelConfig fields. For a .torch file they go to the converter
   (e.g. img_size/num_frames when its position table is not the official 16-frame one); for our
   directories only fields that leave the parameter shapes alone may change (compute_dtype,
-  remat, img_size, num_frames, drop_path, head_init_std, ...).
+  remat='none'|'full'|'auto', attention, img_size, num_frames, drop_path, head_init_std, ...).
   """
   _check_expect(expect)
   path = os.path.abspath(os.fspath(path))

@@ -251,7 +251,7 @@ def test_remat_gives_same_output_and_gradients(tiny):
   pixels = jax.random.normal(RNG, (2, 224, 224, 3))
   mask = random_mask(2, 196, 176, seed=9)
   keep_idx = mae.check_mask(mask, 2, 196)
-  remat = models.build("tiny", remat=True)
+  remat = models.build("tiny", remat="full")
 
   def grads(m):
     loss = lambda v: mae.reconstruction_loss(m.apply(v, pixels, mask, keep_idx), pixels, mask,

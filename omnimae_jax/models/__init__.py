@@ -8,8 +8,10 @@
 """
 import dataclasses
 
+from omnimae_jax.models.attention import ATTENTION_SETTINGS, check_attention
 from omnimae_jax.models.classify import Classifier
 from omnimae_jax.models.mae import MAEPretrain, reconstruction_loss
+from omnimae_jax.models.remat import REMAT_SETTINGS, remat_for
 from omnimae_jax.models.vit import ModelConfig
 
 # Encoder and decoder sizes of SPEC §1.3; tiny and small are for tests, demos and ablations.
@@ -50,4 +52,5 @@ def build(size: str, kind: str = "pretrain", **overrides):
 
 
 __all__ = ["build", "model_config", "ModelConfig", "MAEPretrain", "Classifier",
-           "reconstruction_loss", "VARIANTS"]
+           "reconstruction_loss", "VARIANTS", "remat_for", "check_attention", "REMAT_SETTINGS",
+           "ATTENTION_SETTINGS"]

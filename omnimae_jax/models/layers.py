@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omnimae_jax.models.attention import attend
+
 Dtype = Any
 LAYER_NORM_EPS = 1e-6
 
@@ -182,6 +184,7 @@ class Attention(nn.Module):
   num_heads: int
   qkv_bias: bool = True
   dtype: Dtype = jnp.float32
+  implementation: str = "auto"  # a model.attention setting
 
   @nn.compact
   def __call__(self, x):
@@ -194,7 +197,7 @@ class Attention(nn.Module):
         xavier_uniform(width, 3 * width), bias_axes=3, use_bias=self.qkv_bias, dtype=self.dtype,
         name="qkv")(x)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, heads, head_dim]
-    out = jax.nn.dot_product_attention(query, key, value)  # scale head_dim^-0.5
+    out = attend(query, key, value, self.implementation)  # scale head_dim^-0.5
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return Projection(
         "blhk,hkd->bld", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
@@ -229,24 +232,29 @@ class Block(nn.Module):
   qkv_bias: bool = True
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    attn = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")
+    attn = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attention, name="attn")
     x = x + DropPath(self.drop_path)(attn(layer_norm("norm1", self.dtype)(x)), train)
     mlp = Mlp(self.mlp_dim, self.dtype, name="mlp")
     x = x + DropPath(self.drop_path)(mlp(layer_norm("norm2", self.dtype)(x)), train)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-def block_stack(x, *, prefix, depth, num_heads, mlp_dim, qkv_bias, drop_path, dtype, remat, train):
+def block_stack(x, *, prefix, depth, num_heads, mlp_dim, qkv_bias, drop_path, dtype, attention,
+                remat, train):
   """Runs `depth` blocks named f'{prefix}_{i}' with drop path rising linearly to `drop_path`.
 
-  Call it from a compact method: the blocks become children of that module.
+  remat: 'none' or 'full' (models.remat_for decides 'auto'). Call it from a compact method: the
+  blocks become children of that module.
   """
-  block_cls = nn.remat(Block, static_argnums=(2,)) if remat else Block
+  if remat not in ("none", "full"):
+    raise ValueError(f"block_stack: remat={remat!r}; allowed: 'none', 'full'")
+  block_cls = nn.remat(Block, static_argnums=(2,)) if remat == "full" else Block
   for i in range(depth):
     rate = drop_path * i / max(depth - 1, 1)
-    block = block_cls(num_heads, mlp_dim, qkv_bias, rate, dtype, name=f"{prefix}_{i}")
+    block = block_cls(num_heads, mlp_dim, qkv_bias, rate, dtype, attention, name=f"{prefix}_{i}")
     x = block(x, train)
   return x

@@ -9,7 +9,7 @@ import numpy as np
 
 from omnimae_jax import pixels as pixel_stats
 from omnimae_jax.models import layers
-from omnimae_jax.models.vit import ModelConfig, Trunk, as_clip, token_grid
+from omnimae_jax.models.vit import ModelConfig, Trunk, as_clip, block_remat, token_grid
 
 TARGET_EPS = 1e-6  # inside the square root, as in the official per-patch normalisation
 
@@ -68,7 +68,8 @@ class Decoder(nn.Module):
     tokens = layers.block_stack(
         tokens, prefix="decoder_blocks", depth=cfg.decoder_depth, num_heads=cfg.decoder_heads,
         mlp_dim=int(cfg.decoder_width * cfg.mlp_ratio), qkv_bias=cfg.decoder_qkv_bias,
-        drop_path=0.0, dtype=cfg.dtype, remat=cfg.remat, train=train)
+        drop_path=0.0, dtype=cfg.dtype, attention=cfg.attention, remat=block_remat(cfg, grid),
+        train=train)
     return layers.layer_norm("norm", cfg.dtype)(tokens)  # [B, N, D_dec]
 
 

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from omnimae_jax.models import layers
+from omnimae_jax.models.attention import ATTENTION_SETTINGS
+from omnimae_jax.models.remat import normalise_remat, remat_for
 
 PAD_TYPES = ("repeat", "zero")
 
@@ -32,9 +34,13 @@ class ModelConfig:
   num_classes: int = 1000
   head_init_std: float = 2e-5  # classifier head: 2e-5 for IN1K, 0.01 for SSv2
   compute_dtype: str = "float32"  # 'bfloat16' on accelerators; params stay float32
-  remat: bool = False  # rematerialise each block (activation checkpointing)
+  remat: str = "none"  # 'none' | 'full' | 'auto' (see models/remat.py)
+  attention: str = "auto"  # 'auto' | 'xla' | 'explicit' | 'cudnn' (see models/attention.py)
 
   def __post_init__(self):
+    object.__setattr__(self, "remat", normalise_remat(self.remat))  # frozen: set once, here
+    if self.attention not in ATTENTION_SETTINGS:
+      raise ValueError(f"attention={self.attention!r}; allowed: {ATTENTION_SETTINGS}")
     if self.pad_type not in PAD_TYPES:
       raise ValueError(f"pad_type={self.pad_type!r}; allowed: {PAD_TYPES}")
     if self.compute_dtype not in ("float32", "bfloat16", "float16"):
@@ -56,6 +62,13 @@ class ModelConfig:
   @property
   def pixels_per_patch(self) -> int:
     return 3 * int(np.prod(self.patch_size))
+
+
+def block_remat(config: ModelConfig, grid) -> str:
+  """The remat of this forward's blocks; 'auto' not yet decided by the caller (the training loop
+  decides it per modality and mesh) is decided for the default backend."""
+  modality = "video" if grid[0] > 1 else "image"
+  return remat_for(config, modality, jax.default_backend())
 
 
 def token_grid(pixels_shape, patch_size) -> Tuple[int, int, int]:
@@ -135,7 +148,7 @@ class Trunk(nn.Module):
     tokens = layers.block_stack(
         tokens, prefix="blocks", depth=cfg.depth, num_heads=cfg.num_heads,
         mlp_dim=int(cfg.width * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias, drop_path=cfg.drop_path,
-        dtype=cfg.dtype, remat=cfg.remat, train=train)
+        dtype=cfg.dtype, attention=cfg.attention, remat=block_remat(cfg, grid), train=train)
     if pool:
       tokens = tokens.mean(axis=1)  # [B, D]
     return layers.layer_norm("norm", cfg.dtype)(tokens)

@@ -20,6 +20,10 @@ def add_arguments(parser):
   parser.add_argument("--batch_per_device", type=int, default=0,
                       help="samples per device per step (default: the config's global batch)")
   parser.add_argument("--compute_dtype", default="", help="override config.model.compute_dtype")
+  parser.add_argument("--attention", default="", help="override config.model.attention "
+                      "(auto | xla | explicit | cudnn)")
+  parser.add_argument("--remat", default="",
+                      help="override config.model.remat (auto | none | full)")
   parser.add_argument("--sharding", default="", help="override config.sharding")
   parser.add_argument("--steps", type=int, default=10, help="timed steps per source")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
@@ -47,6 +51,10 @@ def _apply_overrides(config, args, device_count):
       config.model.patch_size = (2, 14, 14) if args.size == "huge" else (2, 16, 16)
     if args.compute_dtype:
       config.model.compute_dtype = args.compute_dtype
+    if args.attention:
+      config.model.attention = args.attention
+    if args.remat:
+      config.model.remat = args.remat
     if args.sharding:
       config.sharding = args.sharding
     if args.batch_per_device:
@@ -74,8 +82,6 @@ def time_steps(step_fn, state, batch, steps):
 
 
 def run(args):
-  import dataclasses  # noqa: PLC0415
-
   import jax  # noqa: PLC0415
 
   from omnimae_jax.config_file import load_config  # noqa: PLC0415
@@ -92,7 +98,8 @@ def run(args):
   state = state_lib.create_state(model, tx, shardings, config.seed)
   peak = flops.peak_flops_per_device(args.peak_tflops * 1e12)
   device = jax.devices()[0]
-  print(f"{config.model.size} ({config.model.compute_dtype}, {config.sharding}) on "
+  print(f"{config.model.size} ({config.model.compute_dtype}, {config.sharding}, attention "
+        f"{model.config.attention}, remat {model.config.remat}) on "
         f"{jax.device_count()} x {device.device_kind}; "
         f"{state_lib.count_params(state['params']):,} parameters; peak "
         f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s per device")
@@ -107,8 +114,7 @@ def run(args):
     num_visible = masking.num_visible(cfg.mask_kind, grid, cfg.mask_ratio)
     batch = jax.device_put(synthetic_batch(cfg.batch_size, cfg, grid, num_visible, rng),
                            sharding.batch_sharding(mesh))
-    remat = cfg.modality == "video" and config.model.remat_video
-    source_model = model.clone(config=dataclasses.replace(model.config, remat=remat))
+    source_model = state_lib.model_for_step(model, cfg.modality, mesh)
     step_fn = steps_lib.make_train_step(
         steps_lib.reconstruction_objective(source_model, norm_pix=config.loss.norm_pix), tx,
         schedule, mesh=mesh, strategy=config.sharding, state_shardings=shardings,

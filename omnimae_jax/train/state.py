@@ -1,4 +1,5 @@
 """The train state (a plain dict: step, params, opt_state), created directly sharded on the mesh."""
+import dataclasses
 from typing import Any, Dict, Tuple
 
 import flax.linen as nn
@@ -11,13 +12,21 @@ from omnimae_jax import models
 from omnimae_jax.train import sharding
 
 # config.model keys that are about training, not the module.
-TRAINING_ONLY_MODEL_KEYS = ("size", "remat_video")
+TRAINING_ONLY_MODEL_KEYS = ("size",)
 
 
 def build_model(model_cfg, kind: str = "pretrain", **extra) -> nn.Module:
-  """The module described by config.model (remat is decided per modality by the loop)."""
+  """The module described by config.model (remat 'auto' is decided per step: model_for_step)."""
   overrides = {k: v for k, v in model_cfg.items() if k not in TRAINING_ONLY_MODEL_KEYS}
   return models.build(model_cfg.size, kind, **overrides, **extra)
+
+
+def model_for_step(model: nn.Module, modality: str, mesh) -> nn.Module:
+  """The module a `modality` step runs on `mesh`, its remat decided for the mesh's platform
+  (models.remat_for), which may be a compile-only target rather than this host's backend."""
+  platform = mesh.devices.flat[0].platform
+  remat = models.remat_for(model.config, modality, platform)
+  return model.clone(config=dataclasses.replace(model.config, remat=remat))
 
 
 def init_inputs(model: nn.Module):

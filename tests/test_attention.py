@@ -1,0 +1,228 @@
+"""model.attention (which kernel) and model.remat (what is recomputed): issues 11.2, 13.x."""
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax._src.cudnn import fused_attention_stablehlo
+
+from omnimae_jax import models
+from omnimae_jax.models import attention, mae
+from omnimae_jax.train import checkpoint, state as state_lib
+
+SMALL = dict(img_size=32, num_frames=4, patch_size=(2, 8, 8))
+CUDNN_CALL = "__cudnn$fmha"
+
+
+def qkv(head_dim, dtype, seed=0, length=50, heads=3):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return [jax.random.normal(k, (2, length, heads, head_dim), jnp.float32).astype(dtype)
+          for k in keys]
+
+
+@pytest.mark.parametrize("head_dim", [24, 64])
+def test_explicit_matches_xla_in_float32_values_and_gradients(head_dim):
+  q, k, v = qkv(head_dim, jnp.float32)
+  np.testing.assert_allclose(jax.jit(attention.explicit_attention)(q, k, v),
+                             jax.jit(attention.xla_attention)(q, k, v), atol=2e-6, rtol=1e-5)
+  grad = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(grad(attention.explicit_attention), grad(attention.xla_attention)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head_dim", [24, 64])
+def test_explicit_and_xla_in_bfloat16_are_near_the_float32_result(head_dim):
+  reference = attention.xla_attention(*qkv(head_dim, jnp.float32))
+  query_grad = lambda fn, dtype: jax.jit(jax.grad(
+      lambda *a: jnp.sum(fn(*a).astype(jnp.float32) ** 2)))(*qkv(head_dim, dtype))
+  reference_grad = query_grad(attention.xla_attention, jnp.float32)
+  for fn in (attention.explicit_attention, attention.xla_attention):
+    out = jax.jit(fn)(*qkv(head_dim, jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), reference, atol=3e-2)
+    grad = query_grad(fn, jnp.bfloat16)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), reference_grad, atol=6e-2, rtol=5e-2)
+
+
+def pretrain_inputs(batch=2, frames=4, visible=4):
+  pixels = jax.random.normal(jax.random.PRNGKey(1), (batch, frames, 32, 32, 3))
+  num_tokens = (frames // 2) * 16
+  mask = np.ones((batch, num_tokens), bool)
+  mask[:, :visible] = False
+  return pixels, mask, jnp.tile(jnp.arange(visible, dtype=jnp.int32)[None], (batch, 1))
+
+
+def test_model_forward_is_the_same_under_every_setting_that_runs_on_cpu():
+  pixels, mask, keep_idx = pretrain_inputs()
+  init = jax.jit(models.build("tiny", **SMALL).init)
+  params = init(jax.random.PRNGKey(0), pixels, mask, keep_idx)
+  forward = lambda setting: jax.jit(models.build("tiny", attention=setting, **SMALL).apply)
+  outputs = {setting: forward(setting)(params, pixels, mask, keep_idx)
+             for setting in ("auto", "xla", "explicit")}
+  np.testing.assert_allclose(outputs["explicit"], outputs["xla"], atol=1e-5)
+  np.testing.assert_array_equal(outputs["auto"], outputs["explicit"])  # auto = explicit on CPU
+
+
+def test_an_unknown_setting_is_refused_with_what_is_allowed():
+  with pytest.raises(ValueError, match=r"attention='flash'.*allowed.*explicit"):
+    models.build("tiny", attention="flash")
+  with pytest.raises(ValueError, match=r"remat='some'.*allowed.*full"):
+    models.build("tiny", remat="some")
+
+
+def test_cudnn_problems_name_dtype_and_head_dim():
+  assert attention.cudnn_problems(jnp.bfloat16, {"head": 64}) == []
+  assert attention.cudnn_problems(jnp.float16, {"head": 128}) == []
+  assert len(attention.cudnn_problems(jnp.float32, {"head": 64})) == 1
+  for head_dim in (12, 20, 136, 256):
+    (problem,) = attention.cudnn_problems(jnp.bfloat16, {"head": head_dim})
+    assert f"head dim {head_dim}" in problem
+
+
+def test_check_attention_refuses_cudnn_where_it_cannot_run():
+  bf16 = dict(compute_dtype="bfloat16", attention="cudnn")
+  attention.check_attention(models.model_config("base", **bf16), "gpu")  # heads 64 and 24
+  attention.check_attention(models.model_config("huge", **bf16), "cuda")  # head dim 80
+  failing = [(models.model_config("base", **bf16), "cpu", "platform 'cpu'"),
+             (models.model_config("base", **bf16), "tpu", "platform 'tpu'"),
+             (models.model_config("base", attention="cudnn"), "gpu", "compute dtype float32"),
+             (models.model_config("tiny", decoder_heads=32, **bf16), "gpu", "decoder head dim 4"),
+             (models.model_config("tiny", num_heads=16, **bf16), "gpu", "encoder head dim 12")]
+  for model_cfg, platform, reason in failing:
+    with pytest.raises(ValueError, match=r"model\.attention='cudnn'.*Allowed: 'auto'") as error:
+      attention.check_attention(model_cfg, platform)
+    assert reason in str(error.value)
+
+
+def test_auto_and_the_xla_settings_pass_the_check_everywhere():
+  for setting in ("auto", "xla", "explicit"):
+    for platform in ("cpu", "gpu", "cuda", "tpu"):
+      for dtype in ("float32", "bfloat16"):
+        model_cfg = models.model_config("tiny", num_heads=16, attention=setting,
+                                        compute_dtype=dtype)
+        attention.check_attention(model_cfg, platform)
+
+
+def test_explicit_cudnn_with_float32_fails_while_tracing_not_compiling():
+  model = models.build("tiny", attention="cudnn", **SMALL)
+  with pytest.raises(ValueError, match=r"model\.attention='cudnn' cannot take compute dtype"):
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), *pretrain_inputs())
+
+
+@pytest.fixture
+def cudnn_version(monkeypatch):
+  """Stands in for a CUDA jaxlib's cuDNN query (this CPU jaxlib has none; lowering needs only
+  the version number). The argument is the version to report, or None for 'not detected'."""
+
+  def install(version):
+    def query():
+      if version is None:
+        raise RuntimeError("cuDNN is not detected.")
+      return version
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", query)
+    attention.cudnn_available.cache_clear()
+
+  yield install
+  attention.cudnn_available.cache_clear()
+
+
+def lowered_train_step(platform, compute_dtype, attention_setting="auto"):
+  """The text of a tiny MAE's gradient, lowered for `platform` (no device of it needed)."""
+  model = models.build("tiny", compute_dtype=compute_dtype, attention=attention_setting, **SMALL)
+  pixels, mask, keep_idx = pretrain_inputs()
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), pixels, mask, keep_idx)
+
+  def loss(variables, pixels, keep_idx):
+    pred = model.apply(variables, pixels, mask, keep_idx)
+    return mae.reconstruction_loss(pred, pixels, mask, model.config.patch_size)
+
+  return jax.jit(jax.grad(loss)).trace(params, pixels, keep_idx).lower(
+      lowering_platforms=(platform,)).as_text()
+
+
+def test_auto_lowers_to_cudnn_for_cuda_only_with_bfloat16(cudnn_version):
+  cudnn_version(90100)
+  assert attention.cudnn_available()
+  assert CUDNN_CALL in lowered_train_step("cuda", "bfloat16")
+  assert CUDNN_CALL not in lowered_train_step("cuda", "float32")
+  assert CUDNN_CALL not in lowered_train_step("cpu", "bfloat16")
+
+
+def test_auto_without_cudnn_lowers_for_cuda_with_xla(cudnn_version):
+  cudnn_version(None)
+  assert not attention.cudnn_available()
+  text = lowered_train_step("cuda", "bfloat16")
+  assert CUDNN_CALL not in text and "dot_general" in text
+
+
+def test_auto_avoids_cudnn_when_the_sequence_or_head_dim_is_sharded(cudnn_version):
+  cudnn_version(90100)
+  query = jnp.zeros((2, 16, 4, 64), jnp.bfloat16)
+  with nn.logical_axis_rules([("batch", "data"), ("heads", "model")]):
+    assert attention.cudnn_fits(query)
+  for split in ("length", "kv"):
+    with nn.logical_axis_rules([("batch", "data"), (split, "model")]):
+      assert not attention.cudnn_fits(query)
+
+
+# ------------------------------------------------------------------------------------- remat
+
+
+def test_remat_for_decides_auto_by_platform_modality_and_size():
+  tiny = models.model_config("tiny", remat="auto")
+  large = models.model_config("large", remat="auto")
+  assert [models.remat_for(tiny, m, "cpu") for m in ("image", "video")] == ["none", "none"]
+  assert models.remat_for(large, "image", "cpu") == "none"
+  for platform in ("gpu", "cuda", "tpu"):
+    assert models.remat_for(tiny, "image", platform) == "none"
+    assert models.remat_for(tiny, "video", platform) == "full"
+    assert models.remat_for(large, "image", platform) == "full"
+  for setting in ("none", "full"):
+    chosen = models.model_config("large", remat=setting)
+    assert {models.remat_for(chosen, "video", p) for p in ("cpu", "tpu")} == {setting}
+
+
+def test_model_for_step_decides_remat_for_the_mesh_platform():
+  model = models.build("tiny", remat="auto")
+  mesh_of = lambda platform: types.SimpleNamespace(
+      devices=np.array([types.SimpleNamespace(platform=platform)]))
+  assert state_lib.model_for_step(model, "video", mesh_of("cpu")).config.remat == "none"
+  assert state_lib.model_for_step(model, "video", mesh_of("tpu")).config.remat == "full"
+  assert state_lib.model_for_step(model, "image", mesh_of("gpu")).config.remat == "none"
+
+
+def test_full_remat_recomputes_the_blocks_in_the_backward_pass():
+  pixels, mask, keep_idx = pretrain_inputs()
+
+  def grad_jaxpr(remat):
+    model = models.build("tiny", remat=remat, **SMALL)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), pixels, mask, keep_idx)
+    loss = lambda v: jnp.sum(model.apply(v, pixels, mask, keep_idx))
+    return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+  assert "remat" not in grad_jaxpr("none")
+  assert grad_jaxpr("full").count("remat2[") == 6  # 4 encoder + 2 decoder blocks
+
+
+def test_a_model_description_saved_with_a_boolean_remat_still_loads():
+  old = {field: value for field, value in
+         dataclasses.asdict(models.model_config("tiny")).items() if field != "attention"}
+  for saved, expected in ((True, "full"), (False, "none")):
+    description = {"kind": "pretrain", "config": {**old, "remat": saved}}
+    model = checkpoint.model_from_description(description, "old/model.json")
+    assert (model.config.remat, model.config.attention) == (expected, "auto")
+
+
+def test_the_loop_refuses_cudnn_on_a_cpu_mesh_before_compiling(tmp_path):
+  from omnimae_jax.config_file import ConfigError  # noqa: PLC0415
+  from omnimae_jax.train import loop  # noqa: PLC0415
+  from configs import demo_omni  # noqa: PLC0415
+  config = demo_omni.get_config()
+  with config.unlocked():
+    config.model.attention = "cudnn"
+  with pytest.raises(ConfigError, match=r"model.attention='cudnn' cannot run here: platform 'cpu'"):
+    loop.plan_run(config)
