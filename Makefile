@@ -17,8 +17,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# The tests also compile for a TPU topology without a TPU: they need libtpu (requirements-test.txt).
+TEST_STAMP := $(VENV)/.installed-test
+
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
 # Pretrains on the demo data, then fine-tunes that pretraining on the demo labels.
 demo: $(STAMP)

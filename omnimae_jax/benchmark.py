@@ -2,6 +2,8 @@
 
   python -m omnimae_jax.benchmark input [flags]   host input pipeline throughput per CPU core
   python -m omnimae_jax.benchmark step --config=F  training step time, samples/s and MFU
+  python -m omnimae_jax.benchmark compile --config=F --target=v5e:4x4  per-device memory of the
+      train steps compiled for an accelerator this machine need not have (AOT)
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args)`; add a
 command by adding one line to COMMANDS.
@@ -17,6 +19,8 @@ COMMANDS = {
               "input pipeline: images/s and clips/s per CPU core, with and without replication"),
     "step": ("omnimae_jax.train.benchmark_step",
              "training step: compile time, step time, samples/s and MFU per modality"),
+    "compile": ("omnimae_jax.train.aot_compile",
+                "AOT: compile the train steps for a TPU/GPU target; per-device memory, fits?"),
 }
 
 
@@ -36,8 +40,8 @@ def build_parser():
 
 def main(argv=None):
   args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-  args.run(args)
+  return args.run(args)  # an exit status (None: 0)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
