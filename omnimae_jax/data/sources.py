@@ -29,7 +29,9 @@ _HOW_TO_PREPARE = {
     "something_something_v2": "see the README section 'Preparing data', then run: "
                               + PREPARE_COMMAND.format(name="something_something_v2"),
     "video_csv": "write train.csv (path,label) next to your videos, then run: "
-                 + PREPARE_COMMAND.format(name="video_csv"),
+                 + PREPARE_COMMAND.format(name="{tfds_name}"),
+    "image_folder": "put your images in one sub-folder per class, then run: "
+                    + PREPARE_COMMAND.format(name="{tfds_name}"),
 }
 for _size in (400, 600, 700):
   _HOW_TO_PREPARE[f"kinetics{_size}"] = (
@@ -38,11 +40,13 @@ for _size in (400, 600, 700):
 
 
 def how_to_prepare(tfds_name):
-  base_name = tfds_name.split("/")[0].split(":")[0]
-  return _HOW_TO_PREPARE.get(
+  name = tfds_name.split(":")[0]  # named datasets (video_csv/NAME) keep their name
+  base_name = name.split("/")[0]
+  hint = _HOW_TO_PREPARE.get(
       base_name,
       f"build it once before training: python -m omnimae_jax.data.prepare {base_name} "
       "--data_dir=DATA_DIR (adding --manual_dir=DIR for datasets that need a manual download)")
+  return hint.replace("{tfds_name}", name)
 
 
 def _builder_or_raise(tfds_name, data_dir):

@@ -66,27 +66,11 @@ def _encode_item(item, short_side, jpeg_quality):
     return item, None, str(error)
 
 
-class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base class; subclasses implement `_split_items` and `_class_names`.
-
-  Constructor argument `num_workers` (default: all CPUs) sets how many clips are decoded at once.
-  """
-  VERSION = tfds.core.Version("1.0.0")
-  BUILDER_CONFIGS = short_side_configs()
-  HOMEPAGE = None  # subclasses name the dataset's home
+class ManualDirBuilder:
+  """Mixin of our builders that read only a manual dir: TFDS's download messages and its
+  many-line missing-manual-dir error, said in one line. Subclasses set LAYOUT."""
   # One line saying what the manual dir holds; error messages and `prepare --help` quote it.
   LAYOUT = ""
-
-  def _info(self):
-    # Class names are read from the manual dir's annotation files while building.
-    return self.dataset_info_from_configs(
-        features=video_features(tfds.features.ClassLabel()),
-        supervised_keys=("video", "label"), homepage=self.HOMEPAGE)
-
-  def __init__(self, *, num_workers=None, **kwargs):
-    self._num_workers = num_workers or os.cpu_count() or 1
-    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
-    super().__init__(**kwargs)
 
   # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared to ..."
   # around a build; ours only read the manual dir, so they say that instead.
@@ -94,7 +78,7 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
     print(f"Preparing {self.info.full_name} from the manual dir (nothing is downloaded)...")
 
   def _log_download_done(self):
-    print(f"Prepared {self.info.full_name} in {self.data_dir}.")
+    print(f"Prepared {self.info.full_name}.")  # prepare prints where (a rebuild moves it)
 
   def _manual_dir_or_raise(self, dl_manager):
     try:
@@ -107,7 +91,35 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
                  if folder else str(error).splitlines()[0])
       raise DatasetNotPreparedError(
           f"{self.name}: {problem}; expected {self.LAYOUT}; then run: "
-          f"{PREPARE_COMMAND.format(name=self.name)}") from error
+          f"{PREPARE_COMMAND.format(name=self.full_config_name)}") from error
+
+  @property
+  def full_config_name(self):
+    """'video_csv/my_clips': what `prepare` takes, naming one of several datasets of a builder."""
+    config = self.builder_config
+    return f"{self.name}/{config.name}" if config else self.name
+
+
+class VideoClassificationBuilder(ManualDirBuilder, tfds.core.GeneratorBasedBuilder,
+                                 skip_registration=True):
+  """Base class; subclasses implement `_split_items` and `_class_names`.
+
+  Constructor argument `num_workers` (default: all CPUs) sets how many clips are decoded at once.
+  """
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = short_side_configs()
+  HOMEPAGE = None  # subclasses name the dataset's home
+
+  def _info(self):
+    # Class names are read from the manual dir's annotation files while building.
+    return self.dataset_info_from_configs(
+        features=video_features(tfds.features.ClassLabel()),
+        supervised_keys=("video", "label"), homepage=self.HOMEPAGE)
+
+  def __init__(self, *, num_workers=None, **kwargs):
+    self._num_workers = num_workers or os.cpu_count() or 1
+    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
+    super().__init__(**kwargs)
 
   def _set_class_names(self, names):
     self.info.features["label"].names = list(names)
@@ -123,7 +135,7 @@ class VideoClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
         raise LabelFileMismatchError(
             f"{self.name} split {split!r} under {manual_dir} uses labels that are not classes: "
             f"{unknown[:5]}")
-      require_most_files_present(self.name, split, items, manual_dir)
+      require_most_files_present(self.full_config_name, split, items, manual_dir)
     return {split: self._generate_examples(items, split)
             for split, items in items_per_split.items()}
 

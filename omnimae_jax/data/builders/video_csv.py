@@ -1,7 +1,10 @@
-"""Any folder of videos with a `path,label` CSV per split, as a TFDS builder."""
+"""Any folder of videos with a `path,label` CSV per split, as a TFDS builder.
+
+Several such datasets live side by side in one data_dir: `video_csv/NAME` (see named_configs).
+"""
 import os
 
-from omnimae_jax.data.builders import annotation_files, video_builder
+from omnimae_jax.data.builders import annotation_files, named_configs, video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
 
 SPLIT_FILES = {"train": "train.csv", "validation": "validation.csv", "test": "test.csv"}
@@ -46,17 +49,23 @@ def class_names_from_labels(labels):
   return sorted(labels)
 
 
-class VideoCsv(video_builder.VideoClassificationBuilder):
-  """Videos listed with their labels in train.csv / validation.csv / test.csv."""
+class VideoCsv(named_configs.NamedConfigs, video_builder.VideoClassificationBuilder):
+  """Videos listed with their labels in train.csv / validation.csv / test.csv.
+
+  `video_csv/NAME` is a dataset of its own (frames stored at short side 256; NAME-short320,
+  NAME-original... pick another size); the fixed configs (short256, ...) are one unnamed dataset.
+  """
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   LAYOUT = LAYOUT
+  CONFIG_CLASS = video_builder.VideoBuilderConfig
+  DEFAULT_SHORT_SIDE = 256
 
   def _split_items(self, manual_dir):
     manual_dir = os.fspath(manual_dir)
     if not os.path.exists(os.path.join(manual_dir, SPLIT_FILES["train"])):
       raise DatasetNotPreparedError(
-          f"{self.name}: no train.csv in manual dir {manual_dir}; expected {LAYOUT}")
+          f"{self.full_config_name}: no train.csv in manual dir {manual_dir}; expected {LAYOUT}")
     rows_per_split = {split: read_path_label_csv(os.path.join(manual_dir, file_name))
                       for split, file_name in SPLIT_FILES.items()
                       if os.path.exists(os.path.join(manual_dir, file_name))}
