@@ -25,6 +25,7 @@ from ml_collections import config_flags  # noqa: E402
 
 # Light modules (no JAX or TF at import): a bad flag or config file is reported at once.
 from omnimae_jax import config_file  # noqa: E402
+from omnimae_jax import paths  # noqa: E402
 from omnimae_jax.train import config_checks  # noqa: E402
 from omnimae_jax.train.config_checks import ConfigError  # noqa: E402
 
@@ -43,10 +44,29 @@ def define_flags(flag_values, sys_argv=None):
   flags.DEFINE_string(
       "coordinator_address", None, "host:port of process 0, for a multi-process run that JAX "
       "cannot detect by itself (Cloud TPU and SLURM are detected).", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "allow_config_change", False, "Resume even though the config changes the schedule or the "
+      "data order (epochs, batch sizes, lr, seed, sources...); the old config is kept in the "
+      "workdir.", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "stop_at_step", None, "Save and exit once this many steps are done (a time-boxed "
+      "session; rerunning resumes). The schedule still runs to the configured end.",
+      flag_values=flag_values)
+  flags.DEFINE_bool(
+      "print_config", False, "Print the resolved config and the effective recipe, then exit "
+      "without compiling or training.", flag_values=flag_values)
   flags.DEFINE_integer("num_processes", None, "With --coordinator_address.",
                        flag_values=flag_values)
   flags.DEFINE_integer("process_id", None, "With --coordinator_address.",
                        flag_values=flag_values)
+  flags.DEFINE_bool(
+      "distributed", False, "Join the other hosts with jax.distributed.initialize() and let it "
+      "find them (Cloud TPU pods and multi-slice; launch/tpu_pod.sh sets it). SLURM and "
+      "--coordinator_address need no flag.", flag_values=flag_values)
+  flags.DEFINE_enum(
+      "require_backend", None, ["gpu", "tpu", "cpu"], "Stop before anything else runs unless "
+      "JAX's default backend is this one (e.g. a GPU node whose CUDA JAX is missing would "
+      "otherwise train on its CPUs).", flag_values=flag_values)
 
 
 define_flags(flags.FLAGS)
@@ -59,28 +79,87 @@ class Job:
   workdir: str
 
 
-def is_multi_process(env, coordinator_address=None) -> bool:
-  """True when the flags or the environment say this is one of several processes."""
-  if coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"):
-    return True
+def distributed_arguments(env, *, distributed=False, coordinator_address=None,
+                          num_processes=None, process_id=None):
+  """The keyword arguments of jax.distributed.initialize() for this process, or None when it
+  runs alone. A pure function of the environment and the flags, so launchers can be tested.
+
+  Three ways in: --coordinator_address (any cluster), SLURM with several tasks (detected), and
+  --distributed (Cloud TPU: JAX asks the VM's metadata server for the workers, which no
+  environment variable on the VM reliably lists).
+  """
+  if coordinator_address:
+    return {"coordinator_address": coordinator_address, "num_processes": num_processes,
+            "process_id": process_id}
   if int(env.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  # Cloud TPU VM pods list every worker; a single-host TPU VM lists one.
-  return len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    local_device_ids = slurm_local_device_ids(env)
+    return {} if local_device_ids is None else {"local_device_ids": local_device_ids}
+  if distributed or env.get("JAX_COORDINATOR_ADDRESS"):
+    return {}
+  return None
+
+
+def slurm_local_device_ids(env):
+  """The GPUs this SLURM task drives, or None to keep JAX's choice.
+
+  JAX's SLURM detection gives each process the single GPU numbered SLURM_LOCALID (one task per
+  GPU). Our launcher runs one task per node instead (one input pipeline per host, one process
+  to watch), so when the node holds a single task it must drive every GPU the task can see.
+  With CUDA_VISIBLE_DEVICES set (SLURM sets it for GPU allocations) CUDA renumbers the visible
+  GPUs 0..n-1; without it the process sees the whole node, and SLURM_STEP_GPUS names ours.
+  """
+  if env.get("JAX_LOCAL_DEVICE_IDS"):  # the user's explicit choice; JAX reads it itself
+    return None
+  nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get(
+      "SLURM_NNODES")
+  if nodes is None or int(nodes) != int(env["SLURM_NTASKS"]):  # several tasks on a node
+    return None
+  visible = env.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return list(range(len([d for d in visible.split(",") if d.strip()]))) or None
+  allocated = env.get("SLURM_STEP_GPUS") or env.get("SLURM_JOB_GPUS")
+  if allocated:
+    return [int(d) for d in allocated.split(",")]
+  on_node = env.get("SLURM_GPUS_ON_NODE")
+  return list(range(int(on_node))) if on_node and int(on_node) > 0 else None
 
 
 def initialize_distributed():
+  """jax.distributed.initialize() when this is one of several processes; a no-op otherwise."""
   import jax
 
-  coordinator = flags.FLAGS.coordinator_address
-  if not is_multi_process(os.environ, coordinator):
+  arguments = distributed_arguments(
+      os.environ, distributed=flags.FLAGS.distributed,
+      coordinator_address=flags.FLAGS.coordinator_address,
+      num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id)
+  if arguments is None:
     return
-  if coordinator:
-    jax.distributed.initialize(coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  else:
-    jax.distributed.initialize()
+  jax.distributed.initialize(**arguments)
   logging.info("Process %d of %d; %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def backend_error(required, actual: str, devices) -> str:
+  """'' when --require_backend is unset or met, else the message that stops the run."""
+  if not required or required == actual:
+    return ""
+  return (f"--require_backend={required} but JAX runs on {actual!r} (devices: {devices}); "
+          f"install the {required.upper()} build of jax 0.10.2 (e.g. 'jax[cuda12]==0.10.2') or "
+          f"check the node's drivers")
+
+
+def compilation_cache_dir(setting: str, workdir: str, env) -> str:
+  """Where compiled steps are kept between runs ('' = nowhere) for config.compilation_cache.
+
+  'auto': JAX_COMPILATION_CACHE_DIR when the environment sets it, else <workdir>/compile_cache,
+  on every backend: a resumed or requeued run then skips minutes of compilation (XLA:CPU
+  executables are cached too, and JAX only stores compiles that took over a second). 'off' or
+  '': none. Anything else: that directory (a local path or a gs:// URL).
+  """
+  if setting == "auto":
+    return env.get("JAX_COMPILATION_CACHE_DIR") or str(
+        paths.workdir_path(workdir) / "compile_cache")
+  return "" if setting in ("", "off") else setting
 
 
 def default_workdir(config_path: str) -> str:
@@ -152,28 +231,48 @@ def main(job: Job):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # progress goes to stdout; -v=0 for the full log
   initialize_distributed()
+  import jax
+
+  error = backend_error(flags.FLAGS.require_backend, jax.default_backend(), jax.devices())
+  if error:
+    exit_with_error(error)
+  # Before the first compilation; the field is optional in a config (default 'auto').
+  cache_dir = compilation_cache_dir(job.config.get("compilation_cache", "auto"), job.workdir,
+                                    os.environ)
+  jax.config.update("jax_compilation_cache_dir", cache_dir or None)
 
   # Imported after jax.distributed.initialize(), which must precede any JAX computation.
   from omnimae_jax.data.errors import DatasetNotPreparedError
   from omnimae_jax.train import checkpoint, evaluate, loop
 
   try:
+    if flags.FLAGS.print_config:
+      print_config(job.config, loop)
+      return
     if job.config.mode == "evaluate":
       evaluate.evaluate(job.config, job.workdir)
       return
-    summary = loop.train(job.config, job.workdir)
+    summary = loop.train(job.config, job.workdir, stop_at_step=flags.FLAGS.stop_at_step,
+                         allow_config_change=flags.FLAGS.allow_config_change)
   except (DatasetNotPreparedError, checkpoint.CheckpointError, ConfigError,
           loop.NonFiniteLossError) as error:
     exit_with_error(str(error))
-  import jax
-
   if jax.process_index() == 0:
     print_summary(summary)
 
 
+def print_config(config, loop):
+  """--print_config: the config as resolved from the file, its arg and the overrides, and for a
+  training run the effective recipe (which needs the prepared data, but compiles nothing)."""
+  print(config)
+  if config.mode != "evaluate":
+    print("Effective recipe:\n" + loop.describe(config))
+
+
 def print_summary(summary):
   from omnimae_jax.train.metrics import format_results
-  state = "preempted at" if summary["preempted"] else "finished at"
+  state = ("preempted at" if summary["preempted"] else "finished at"
+           if summary["step"] >= summary["total_steps"] else "stopped (--stop_at_step) at")
   losses = ", ".join(f"{name} {summary['first_losses'][name]:.4f} -> {loss:.4f}"
                      for name, loss in sorted(summary["losses"].items()))
   progress = (f"loss over this session, first step -> last step: {losses}" if losses
@@ -189,8 +288,8 @@ def print_summary(summary):
       print(f"  eval {name}: step {last}: {format_results(by_step[last])}")
   print(f"  checkpoints:     {summary['checkpoints']}")
   print(f"  metrics:         {summary['metrics']} (and TensorBoard events in "
-        f"{os.path.join(summary['workdir'], 'tensorboard')})")
-  if os.path.isdir(summary["reconstructions"]):
+        f"{paths.workdir_path(summary['workdir']) / 'tensorboard'})")
+  if paths.workdir_path(summary["reconstructions"]).is_dir():
     print(f"  reconstructions: {summary['reconstructions']}")
 
 

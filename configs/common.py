@@ -3,6 +3,8 @@
 A config file defines `get_config(arg)` and returns a *locked* ConfigDict: an override of a key
 that does not exist (`--config.optim.lrr=...`) is an error, never a silently created key.
 """
+import re
+
 import ml_collections
 
 from omnimae_jax.data.config import default_source_config
@@ -53,11 +55,41 @@ def _cast_arg(key, value, default):
                      f"{type(default).__name__} (default {default!r})") from None
 
 
+# Known datasets of each modality: `images=video_csv/x` is refused by the config file itself.
+_VIDEO_DATASETS = ("video_csv", "something_something_v2", "kinetics400", "kinetics600",
+                   "kinetics700", "omnimae_demo/videos")
+_IMAGE_DATASETS = ("image_folder", "imagenet2012", "omnimae_demo/images")
+# Video datasets whose classes depend on left and right (SSv2's "pushing from left to right", the
+# demo's directions): never flipped. Any other video source is, e.g. your own clips.
+_NEVER_FLIPPED = ("something_something_v2", "omnimae_demo")
+# A TFDS name as `tfds.builder` parses it: dataset[/config][:version].
+_TFDS_NAME = re.compile(r"^[A-Za-z]\w*(/[\w+.-]+)?(:[\d*]+\.[\d*]+\.[\d*]+)?$")
+
+
+def _check_modality(arg, tfds_name, other_modality_datasets):
+  """`images=video_csv/x`, `images=my photos` or an empty name is an error naming the arg, not a
+  failure (or a TFDS message of 20 lines) once the run starts."""
+  base_name = tfds_name.split(":")[0]
+  if base_name.split("/")[0] != "omnimae_demo":
+    base_name = base_name.split("/")[0]
+  if not _TFDS_NAME.match(tfds_name) or base_name in other_modality_datasets:
+    example = "image_folder/NAME" if arg == "images" else "video_csv/NAME"
+    raise ValueError(f"config arg {arg}={tfds_name!r}; expected a prepared {arg[:-1]} dataset, "
+                     f"e.g. {arg}={example}")
+
+
 def pretrain_sources(*, image_tfds="imagenet2012", video_tfds="something_something_v2",
                      which="both", official=False, batch_size=2048, num_replicas=4):
-  """The IN1K + SSv2 sources; which='images' or 'videos' gives a single-modality baseline."""
+  """The IN1K + SSv2 sources; which='images' or 'videos' gives a single-modality baseline.
+
+  image_tfds / video_tfds point the sources at other prepared datasets (e.g. your own
+  `image_folder/NAME`, `video_csv/NAME`): same recipe, except that videos are flipped unless
+  their classes depend on left and right (SSv2, the demo).
+  """
   if which not in ("both", "images", "videos"):
     raise ValueError(f"sources={which!r}; allowed: both, images, videos")
+  _check_modality("images", image_tfds, _VIDEO_DATASETS)
+  _check_modality("videos", video_tfds, _IMAGE_DATASETS)
   ratios = OFFICIAL_MASK_RATIOS if official else PAPER_MASK_RATIOS
   sources = {}
   if which in ("both", "images"):
@@ -72,6 +104,7 @@ def pretrain_sources(*, image_tfds="imagenet2012", video_tfds="something_somethi
     video.tfds_name, video.batch_size = video_tfds, batch_size
     video.num_replicas, video.repeat_factor = num_replicas, 1.0 / num_replicas
     video.mask_ratio = ratios["video"]
+    video.flip = not video_tfds.startswith(_NEVER_FLIPPED)
     sources["videos"] = video
   return sources
 
@@ -91,7 +124,8 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
       img_size=224,
       num_frames=16,
       patch_size=(2, 14, 14) if size == "huge" else (2, 16, 16),
-      remat_video=True,  # activation checkpointing on video steps only, as the official code
+      remat="auto",  # none on CPU; on accelerators: video steps, large/huge models (models/remat.py)
+      attention="auto",  # cuDNN on CUDA where it can run, explicit on CPU, XLA otherwise
   ))
   config.loss = ml_collections.ConfigDict(dict(norm_pix=True))
 
@@ -124,10 +158,10 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
   config.mesh = (("data", -1), ("model", 1))
   config.sharding = "fsdp"  # 'dp' | 'fsdp' | 'fsdp_tp'
 
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, async_save=True,
-      preemption_sync_steps=10,  # multi-host: how often the hosts agree on a SIGTERM
-  ))
+  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  # Compiled steps are cached here, so a resumed (preempted) run does not compile again: 'auto'
+  # = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compile_cache; '' turns it off.
+  config.compilation_cache = "auto"
   config.log_every_steps = 50
   config.recon_every_steps = 5000
   config.peak_flops_per_device = 0.0  # 0: look the device up (unknown devices report no MFU)

@@ -25,7 +25,7 @@ def get_config(arg=None):
   train.update(tfds_name=tfds_name, batch_size=32, image_size=64, shuffle_buffer=1000,
                num_frames=8, clip_seconds=8 / 12, short_side=0)
   config.model.update(img_size=64, num_frames=8, patch_size=(2, 8, 8), num_classes=4,
-                      compute_dtype="float32", remat_video=False)
+                      compute_dtype="float32", remat="none")
   config.optim.update(lr=2e-3)
   config.data.data_dir = "data/tfds"
   config.sharding = "dp"

@@ -25,7 +25,7 @@ def get_config(arg=None):
     source.shuffle_buffer = 1000
   config = common.pretrain_config("tiny", sources=sources, epochs=args.epochs, lr=1e-3,
                                   compute_dtype="float32")
-  config.model.update(img_size=64, num_frames=8, patch_size=(2, 8, 8), remat_video=False)
+  config.model.update(img_size=64, num_frames=8, patch_size=(2, 8, 8), remat="none")
   config.loss.norm_pix = False
   config.data.data_dir = "data/tfds"
   config.sharding = "dp"

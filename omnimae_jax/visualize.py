@@ -5,14 +5,14 @@ All functions take the model's inputs and outputs as they are (normalised pixels
 channel-fastest layout) and work on the host in NumPy. An image becomes a pt-frame clip exactly as
 the model sees it, so its patches and their statistics match the loss targets.
 """
-import os
+import io
 from typing import List
 
 import einops
 import numpy as np
 from PIL import Image
 
-from omnimae_jax import pixels as pixel_stats
+from omnimae_jax import paths, pixels as pixel_stats
 from omnimae_jax.models.mae import TARGET_EPS, patchify
 from omnimae_jax.models.vit import as_clip
 
@@ -130,25 +130,36 @@ def comparison_frames(pixels, mask, pred, patch_size, norm_pix: bool = True, ind
   return _join(_panels(pixels, mask, pred, patch_size, norm_pix, index, pad_type), axis=2)
 
 
-def write_reconstruction(path_prefix: str, pixels, mask, pred, patch_size, norm_pix: bool = True,
+def write_reconstruction(path_prefix, pixels, mask, pred, patch_size, norm_pix: bool = True,
                          index: int = 0, pad_type: str = "repeat") -> List[str]:
   """Writes the comparison for sample `index`; returns the paths written.
 
   An image: `<prefix>.png` (original | masked | reconstruction). A video: `<prefix>.gif`
   (animated, the three side by side) and `<prefix>_strip.png` (frames left to right; rows
-  original, masked, reconstruction).
+  original, masked, reconstruction). The prefix may be a gs:// URL.
   """
   panels = _panels(pixels, mask, pred, patch_size, norm_pix, index, pad_type)
-  directory = os.path.dirname(os.path.abspath(path_prefix))
-  os.makedirs(directory, exist_ok=True)
+  prefix = paths.workdir_path(path_prefix)
+  prefix.parent.mkdir(parents=True, exist_ok=True)
   if _is_image(pixels):
-    path = f"{path_prefix}.png"
-    Image.fromarray(_join(panels, axis=2)[0]).save(path)
-    return [path]
+    path = _sibling(prefix, ".png")
+    _save(path, Image.fromarray(_join(panels, axis=2)[0]), "PNG")
+    return [str(path)]
   frames = [Image.fromarray(frame) for frame in _join(panels, axis=2)]
-  gif_path, strip_path = f"{path_prefix}.gif", f"{path_prefix}_strip.png"
-  frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS,
-                 loop=0)
+  gif_path, strip_path = _sibling(prefix, ".gif"), _sibling(prefix, "_strip.png")
+  _save(gif_path, frames[0], "GIF", save_all=True, append_images=frames[1:],
+        duration=GIF_FRAME_MS, loop=0)
   rows = [_join(list(panel), axis=1) for panel in panels]  # each [H, T*W + (T-1)*GAP, 3]
-  Image.fromarray(_join(rows, axis=0)).save(strip_path)
-  return [gif_path, strip_path]
+  _save(strip_path, Image.fromarray(_join(rows, axis=0)), "PNG")
+  return [str(gif_path), str(strip_path)]
+
+
+def _sibling(prefix, suffix: str):
+  return prefix.parent / (prefix.name + suffix)
+
+
+def _save(path, image, image_format: str, **options):
+  """Pillow writes into memory and epath writes the bytes: Pillow cannot open a gs:// URL."""
+  buffer = io.BytesIO()
+  image.save(buffer, format=image_format, **options)
+  path.write_bytes(buffer.getvalue())

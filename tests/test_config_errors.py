@@ -124,8 +124,6 @@ CASES = [
     ("layer_decay_convention", demo("--config.optim.layer_decay_convention=beit"),
      "optim.layer_decay_convention='beit'; allowed: one of ('official', 'mae')"),
     ("every_steps", demo("--config.checkpoint.every_steps=0"), "checkpoint.every_steps=0"),
-    ("preemption_sync_steps", demo("--config.checkpoint.preemption_sync_steps=0"),
-     "checkpoint.preemption_sync_steps=0"),
     ("log_every_steps", demo("--config.log_every_steps=0"), "log_every_steps=0"),
     ("recon_every_steps", demo("--config.recon_every_steps=-5"), "recon_every_steps=-5"),
     ("model_size", demo("--config.model.size=gigantic"), "model.size='gigantic'; allowed: one of"),

@@ -199,22 +199,19 @@ def test_main_writes_metrics_checkpoints_and_pictures(demo_data_dir, tmp_path):
   assert os.listdir(tmp_path / "tensorboard")
 
 
-def demo_config_as_flagged(data_dir, **changes):
-  """The config that `main_py(*demo_flags(...))` runs, for resuming its workdir in-process."""
-  config = demo_omni.get_config()
-  with config.unlocked():
-    config.data.data_dir = data_dir
-    config.data.sources.images.batch_size = config.data.sources.videos.batch_size = 8
-    config.update(changes)
-  return config
+def saved_params(workdir):
+  _, variables = checkpoint_lib.load_model(str(workdir))
+  return jax.tree.leaves(variables)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_saves_and_the_run_resumes(demo_data_dir, tmp_path, signum):
+def test_sigterm_or_ctrl_c_saves_and_the_run_resumes_exactly(demo_data_dir, tmp_path, signum):
+  """A signal mid-run saves; the resumed run (main.py again) reaches the parameters and losses of
+  a run that was never stopped, step for step."""
   workdir, straight = tmp_path / "signalled", tmp_path / "straight"
-  proc = main_py(*demo_flags(demo_data_dir, workdir, "--config.total_steps=100000",
-                             "--config.log_every_steps=1", "--config.recon_every_steps=0",
-                             "--config.checkpoint.every_steps=100000"))
+  flags = ("--config.total_steps=100000", "--config.log_every_steps=1",
+           "--config.recon_every_steps=0", "--config.checkpoint.every_steps=100000")
+  proc = main_py(*demo_flags(demo_data_dir, workdir, *flags))
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -227,14 +224,18 @@ def test_sigterm_or_ctrl_c_saves_and_the_run_resumes(demo_data_dir, tmp_path, si
   assert "Preempted: saved step" in out and "Traceback" not in err
   saved_step = checkpoint_lib.TrainCheckpointer(workdir).latest_step()
   assert saved_step >= 3
-  config = demo_config_as_flagged(demo_data_dir, total_steps=100000, log_every_steps=1,
-                                  recon_every_steps=0)
-  stream = io.StringIO()
-  summary = loop.train(config, str(workdir), stream=stream, stop_at_step=saved_step + 2)
-  assert f"Resumed at step {saved_step}" in stream.getvalue()
-  assert summary["step"] == saved_step + 2
-  steps = sorted(losses_by_step(workdir))
-  assert steps == sorted(set(steps)) and steps[-1] == saved_step + 2  # one entry per step
+  outputs = []
+  for run_dir in (workdir, straight):
+    proc = main_py(*demo_flags(demo_data_dir, run_dir, *flags, f"--stop_at_step={saved_step + 2}"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    outputs.append(out)
+  assert f"Resumed at step {saved_step}" in outputs[0]
+  assert f"stopped (--stop_at_step) at step {saved_step + 2}" in outputs[1]
+  assert losses_by_step(workdir) == losses_by_step(straight)  # one entry per step, same losses
+  assert max(losses_by_step(workdir)) == saved_step + 2
+  for a, b in zip(saved_params(workdir), saved_params(straight)):
+    np.testing.assert_array_equal(a, b)
 
 
 def free_port():
@@ -277,7 +278,6 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(demo_data_d
   procs = [main_py(*demo_flags(demo_data_dir, tmp_path, "--config.total_steps=100000",
                                "--config.log_every_steps=1", "--config.recon_every_steps=0",
                                "--config.checkpoint.every_steps=100000",
-                               "--config.checkpoint.preemption_sync_steps=2",
                                f"--coordinator_address={address}", "--num_processes=2",
                                f"--process_id={index}"),
                    extra_env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
@@ -293,18 +293,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(demo_data_d
   for proc, (_, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
   saved = checkpoint_lib.TrainCheckpointer(tmp_path).latest_step()
-  assert saved is not None and saved % 2 == 0
+  assert saved is not None
   assert f"Preempted: saved step {saved}" in outputs[0][0]
-
-
-def test_multi_process_detection():
-  import main  # noqa: PLC0415
-
-  assert not main.is_multi_process({})
-  assert not main.is_multi_process({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "w0"})
-  assert main.is_multi_process({"SLURM_NTASKS": "16"})
-  assert main.is_multi_process({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})
-  assert main.is_multi_process({}, coordinator_address="10.0.0.1:1234")
 
 
 def test_vitb_without_prepared_data_says_how_to_prepare(tmp_path):

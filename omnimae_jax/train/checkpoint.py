@@ -8,8 +8,6 @@ Two kinds of directory:
 """
 import dataclasses
 import json
-import os
-import shutil
 from typing import Any, Dict, Tuple
 
 import flax.linen as nn
@@ -17,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from omnimae_jax import models
+from omnimae_jax import models, paths
 from omnimae_jax.models.vit import ModelConfig
 
 MODEL_JSON = "model.json"
@@ -44,8 +42,8 @@ def model_from_description(description: Dict[str, Any], source: str) -> nn.Modul
     raise CheckpointError(f"{source}: not an omnimae_jax model description ({e!r})") from e
 
 
-def is_model_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, MODEL_JSON))
+def is_model_dir(path) -> bool:
+  return (paths.workdir_path(path) / MODEL_JSON).is_file()
 
 
 def export_model(directory: str, model: nn.Module, variables, overwrite: bool = False) -> str:
@@ -54,31 +52,34 @@ def export_model(directory: str, model: nn.Module, variables, overwrite: bool = 
   The write goes to a temporary sibling that is renamed into place, so a failure leaves nothing
   partial behind.
   """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
+  directory = paths.workdir_path(directory)  # local or gs://
+  if directory.exists() and any(directory.iterdir()):
     if not overwrite:
       raise CheckpointError(f"{directory} already exists and is not empty; pass overwrite "
                             f"(--overwrite) to replace it")
-  tmp = directory + ".tmp-omnimae"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  tmp = directory.parent / (directory.name + ".tmp-omnimae")
+  _remove_tree(tmp)
+  tmp.mkdir(parents=True)
   try:
     params = jax.device_get(nn.unbox(variables)["params"])
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), {"params": params})
+    checkpointer.save(tmp / VARIABLES_DIR, {"params": params})
     checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, MODEL_JSON), "w") as f:
-      json.dump(model_description(model), f, indent=2)
+    (tmp / MODEL_JSON).write_text(json.dumps(model_description(model), indent=2))
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_tree(tmp)
     raise
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.rename(tmp, directory)
-  return directory
+  _remove_tree(directory)
+  tmp.rename(directory)
+  return str(directory)
 
 
-def _restore_numpy(path: str) -> Any:
+def _remove_tree(path):
+  if path.exists():
+    path.rmtree()
+
+
+def _restore_numpy(path) -> Any:
   """Restores an orbax pytree as host NumPy arrays, whatever mesh it was saved from."""
   checkpointer = ocp.StandardCheckpointer()
   metadata = checkpointer.metadata(path)
@@ -90,35 +91,36 @@ def _restore_numpy(path: str) -> Any:
 
 def load_model(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
   """(module, {'params': ...}) from a model directory or a training workdir (latest step)."""
-  path = os.path.abspath(path)
+  path = paths.workdir_path(path)  # local or gs://
   if is_model_dir(path):
-    with open(os.path.join(path, MODEL_JSON)) as f:
-      model = model_from_description(json.load(f), path)
-    params = _restore_numpy(os.path.join(path, VARIABLES_DIR))["params"]
+    model = model_from_description(json.loads((path / MODEL_JSON).read_text()), str(path))
+    params = _restore_numpy(path / VARIABLES_DIR)["params"]
     return model, {"params": params}
-  if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+  if (path / CHECKPOINTS_DIR).is_dir():
     return load_training_model(path)
   raise CheckpointError(f"{path}: neither a model directory (with {MODEL_JSON}) nor a training "
                         f"workdir (with {CHECKPOINTS_DIR}/)")
 
 
-def load_training_model(workdir: str) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_training_model(workdir) -> Tuple[nn.Module, Dict[str, Any]]:
   """The model and params of the latest checkpoint in a training workdir."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINTS_DIR),
+  workdir = paths.workdir_path(workdir)
+  manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR,
                                   item_names=("state", "meta"),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise CheckpointError(f"{workdir}/{CHECKPOINTS_DIR}: no checkpoint saved yet")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  model = model_from_description(meta["model"], workdir)
-  state_path = os.path.join(workdir, CHECKPOINTS_DIR, str(step), "state")
+  model = model_from_description(meta["model"], str(workdir))
+  state_path = workdir / CHECKPOINTS_DIR / str(step) / "state"
   params = _restore_numpy(state_path)["params"]
   return model, {"params": params}
 
 
-# Fields that decide the parameter shapes; the others (dtype, remat, drop path, sizes of the
-# inputs) may change when a run resumes.
+# Fields that decide the parameter shapes; the others (dtype, remat, attention, drop path, sizes of
+# the inputs) may change when a run resumes. A description saved with remat as a bool still loads:
+# ModelConfig reads True/False as 'full'/'none'.
 ARCHITECTURE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_ratio", "qkv_bias",
                        "decoder_width", "decoder_depth", "decoder_heads", "decoder_qkv_bias",
                        "num_classes")
@@ -145,7 +147,7 @@ class TrainCheckpointer:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
     if keep < 1:  # orbax reads max_to_keep=0 as "keep none" and deletes every checkpoint
       raise ValueError(f"checkpoint.keep={keep}; must be >= 1")
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    self.directory = paths.workdir_path(workdir) / CHECKPOINTS_DIR  # local or gs://
     options = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"),
@@ -193,16 +195,15 @@ class TrainCheckpointer:
     """Moves checkpoint `step` out of the way (to <workdir>/rejected_checkpoints/<step>), so
     that a resume does not start from it again; nothing is deleted. Returns the new path."""
     self.wait()
-    source = os.path.join(self.directory, str(step))
-    rejected = os.path.join(os.path.dirname(self.directory), REJECTED_DIR)
-    os.makedirs(rejected, exist_ok=True)
-    target, copy = os.path.join(rejected, str(step)), 1
-    while os.path.exists(target):  # a step rejected twice keeps both copies
+    rejected = self.directory.parent / REJECTED_DIR
+    rejected.mkdir(parents=True, exist_ok=True)
+    target, copy = rejected / str(step), 1
+    while target.exists():  # a step rejected twice keeps both copies
       copy += 1
-      target = os.path.join(rejected, f"{step}.{copy}")
-    os.rename(source, target)
+      target = rejected / f"{step}.{copy}"
+    (self.directory / str(step)).rename(target)
     self._manager.reload()
-    return target
+    return str(target)
 
   def close(self):
     self._manager.wait_until_finished()

@@ -13,6 +13,8 @@ import numbers
 import os
 from typing import Any, Callable
 
+from omnimae_jax import paths
+
 MODES = ("pretrain", "finetune", "evaluate")
 TRAINING_MODES = ("pretrain", "finetune")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # what models.vit.ModelConfig accepts
@@ -103,7 +105,6 @@ TRAINING_RULES = (
     ("optim.layer_decay", number(0, 1, low_open=True, high_open=False)),  # 1.0: off
     ("checkpoint.keep", integer(1)),
     ("checkpoint.every_steps", integer(1)),
-    ("checkpoint.preemption_sync_steps", integer(1)),
     ("log_every_steps", integer(1)),
     ("data.prefetch", integer(1)),
     ("data.data_dir", non_empty_string("a directory")),
@@ -278,6 +279,8 @@ def check_paths(config, workdir: str):
 
 
 def _check_directory(name: str, path: str):
+  if paths.is_url(path):  # a bucket: nothing local to check, and os.path would mangle it
+    return
   existing = os.path.abspath(path)
   while not os.path.exists(existing):  # the nearest part of the path that exists
     existing = os.path.dirname(existing)

@@ -14,6 +14,7 @@ from typing import Dict
 
 import jax
 
+from omnimae_jax import paths
 from omnimae_jax.train import evaluators as evaluators_lib
 from omnimae_jax.train import metrics as metrics_lib, sharding, state as state_lib
 from omnimae_jax.train.loop import ConfigError, say
@@ -42,25 +43,21 @@ def results_table(results: Dict[str, Dict]) -> str:
   return "\n".join(lines)
 
 
-def record_results(workdir: str, entry: Dict) -> str:
+def record_results(workdir, entry: Dict) -> str:
   """Appends this evaluation to <workdir>/eval_results.json (a list; earlier runs are kept),
   written atomically."""
-  path = os.path.join(workdir, RESULTS_FILE)
-  history = []
-  if os.path.exists(path):
-    with open(path) as f:
-      history = json.load(f)
+  path = paths.workdir_path(workdir) / RESULTS_FILE  # local or gs://
+  history = json.loads(path.read_text()) if path.exists() else []
   history.append(entry)
-  tmp = path + ".tmp-omnimae"
-  with open(tmp, "w") as f:
-    json.dump(history, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  tmp = path.parent / (path.name + ".tmp-omnimae")
+  tmp.write_text(json.dumps(history, indent=2))
+  tmp.replace(path)
+  return str(path)
 
 
 def evaluate(config, workdir: str, *, stream=sys.stdout, devices=None) -> Dict:
   """Runs every evaluator of `config.evals` once; returns {evaluator: {metric: value}}."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.workdir_path(workdir)
   try:
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.logical_rules(config.sharding)
@@ -82,7 +79,7 @@ def evaluate(config, workdir: str, *, stream=sys.stdout, devices=None) -> Dict:
   results = {name: evaluator.run(params) for name, evaluator in evaluators.items()}
   say(stream, results_table(results))
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     path = record_results(workdir, {
         "checkpoint": config.checkpoint, "time": datetime.datetime.now().isoformat(),
         "results": results})

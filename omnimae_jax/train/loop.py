@@ -13,15 +13,19 @@ import jax
 import numpy as np
 from absl import logging
 
-from omnimae_jax import pretrained
+from omnimae_jax import models, paths, pretrained
 from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline
 from omnimae_jax.train import checkpoint as checkpoint_lib
 from omnimae_jax.train import evaluators as evaluators_lib
-from omnimae_jax.train import flops, metrics as metrics_lib, optim, sharding, state as state_lib
+from omnimae_jax.train import flops, metrics as metrics_lib, optim, run_config, sharding
+from omnimae_jax.train import state as state_lib
 from omnimae_jax.train import steps as steps_lib
 from omnimae_jax.train.config_checks import ConfigError, check_config
 from omnimae_jax.train.preemption import PreemptionHandler
+
+
+RECONSTRUCTIONS_DIR = "reconstructions"  # in the workdir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,6 +78,10 @@ def validate(config, mesh):
   if config.mode not in MODES:
     raise ValueError(f"mode={config.mode!r}; the training loop runs {sorted(MODES)}")
   sharding.logical_rules(config.sharding)  # raises on an unknown strategy
+  # On the mesh's platform, which the parse-time checks cannot know (no backend before
+  # jax.distributed starts) and which may be a compile-only target.
+  models.check_attention(state_lib.build_model(config.model).config,
+                         mesh.devices.flat[0].platform)
   if config.init_from.path and MODES[config.mode].model_kind != "classifier":
     raise ValueError(f"init_from.path={config.init_from.path!r} is for fine-tuning; "
                      f"mode={config.mode!r} starts from scratch or from its workdir")
@@ -131,6 +139,14 @@ def recipe_summary(config, sources, total_steps) -> str:
                f"{o.warmup_fraction:.0%} then {o.schedule}, layer decay {o.layer_decay} "
                f"({o.layer_decay_convention}), clip {o.grad_clip_norm or 'none'}, accum "
                f"{o.accum_steps}; mesh {tuple(map(tuple, config.mesh))} {config.sharding}")
+  if "augment" in config:
+    a = config.augment
+    lines.append(f"  batch augment: mixup {a.mixup_alpha} cutmix {a.cutmix_alpha} prob "
+                 f"{a.mix_prob} switch {a.switch_prob}, label smoothing {a.label_smoothing}, "
+                 f"erasing p {a.erase_prob} ({a.erase_mode}); drop path {config.model.drop_path}")
+  for name, evaluator in (config.get("evals") or {}).items():
+    lines.append(f"  eval {name}: {evaluator.kind} on {evaluator.source.tfds_name}"
+                 f"[{evaluator.source.split}] every {evaluator.every_steps} steps")
   return "\n".join(lines)
 
 
@@ -145,16 +161,21 @@ class StepRecord:
   batch_size: int
 
 
+def make_source_step(config, mode, model, tx, schedule, source, mesh, shardings):
+  """The jitted train step of one source, as the loop runs it (also what `aot` compiles for a
+  target). `source` needs only `modality`, `grid` and `num_visible`: no data is opened here."""
+  source_model = state_lib.model_for_step(model, source.modality, mesh)
+  return steps_lib.make_train_step(
+      mode.objective(config, source_model, source, mesh), tx, schedule, mesh=mesh,
+      strategy=config.sharding, state_shardings=shardings, seed=config.seed,
+      accum_steps=config.optim.accum_steps)
+
+
 def compile_steps(config, mode, model, tx, schedule, sources, mesh, shardings):
   """Per source: the jitted train step, and its FLOPs per step."""
   step_fns, step_flops = {}, {}
   for name, source in sources.items():
-    remat = source.modality == "video" and config.model.remat_video
-    source_model = model.clone(config=dataclasses.replace(model.config, remat=remat))
-    step_fns[name] = steps_lib.make_train_step(
-        mode.objective(config, source_model, source, mesh), tx, schedule, mesh=mesh,
-        strategy=config.sharding, state_shardings=shardings, seed=config.seed,
-        accum_steps=config.optim.accum_steps)
+    step_fns[name] = make_source_step(config, mode, model, tx, schedule, source, mesh, shardings)
     step_flops[name] = flops.train_step_flops(mode.forward_flops(model.config, source),
                                               source.cfg.batch_size)
   return step_fns, step_flops
@@ -221,14 +242,21 @@ def check_process_count(meta, config, stream):
   say(stream, "Warning: " + text)
 
 
-def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step=None) -> Dict:
-  """Trains in `config.mode`; returns a summary (final step and state, losses per source, skipped
-  records per source, paths).
+@dataclasses.dataclass
+class RunPlan:
+  """What a run is, decided from the config and the prepared data before anything compiles."""
+  mesh: jax.sharding.Mesh
+  mode: Mode
+  model: object
+  sources: Dict
+  total_steps: int
+  tx: object
+  schedule: object
 
-  devices: the devices of the mesh (default all). stop_at_step: save and return once this many
-  steps are done (a time-boxed session; rerunning resumes).
-  """
-  workdir = os.path.abspath(workdir)
+
+def plan_run(config, devices=None) -> RunPlan:
+  """Checks the config against the devices and the prepared data, and sizes the schedule; every
+  problem is a ConfigError naming the field."""
   check_config(config)  # what main.py checks too, for callers that come straight here
   try:
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -240,11 +268,33 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     total_steps = config.total_steps or config.epochs * sum(
         s.steps_per_epoch for s in sources.values())
     optimizer_steps = max(total_steps // config.optim.accum_steps, 1)
-    tx = optim.make_optimizer(config.optim, optimizer_steps)
-    schedule = optim.learning_rate_schedule(config.optim, optimizer_steps)
-    preemption = PreemptionHandler(config.checkpoint.preemption_sync_steps)
+    return RunPlan(mesh, mode, model, sources, total_steps,
+                   optim.make_optimizer(config.optim, optimizer_steps),
+                   optim.learning_rate_schedule(config.optim, optimizer_steps))
   except ValueError as error:
     raise ConfigError(str(error)) from error
+
+
+def describe(config, devices=None) -> str:
+  """The effective recipe of a run (what `main.py --print_config` shows): nothing compiles."""
+  run = plan_run(config, devices)
+  return recipe_summary(config, run.sources, run.total_steps)
+
+
+def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step=None,
+          allow_config_change=False) -> Dict:
+  """Trains in `config.mode`; returns a summary (final step and state, losses per source, skipped
+  records per source, paths).
+
+  devices: the devices of the mesh (default all). stop_at_step: save and return once this many
+  steps are done (a time-boxed session; rerunning resumes). allow_config_change: resume even
+  when the schedule or data order changed (see run_config).
+  """
+  workdir = paths.workdir_path(workdir)  # a local directory or a gs:// URL
+  run = plan_run(config, devices)
+  mesh, mode, model, sources = run.mesh, run.mode, run.model, run.sources
+  total_steps, tx, schedule = run.total_steps, run.tx, run.schedule
+  preemption = PreemptionHandler()
   last_step = min(total_steps, stop_at_step or total_steps)
   say(stream, "Effective recipe:\n" + recipe_summary(config, sources, total_steps))
 
@@ -254,15 +304,20 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   state, shardings, meta = restore_or_create(checkpoints, model, tx, mesh, config, stream)
   check_process_count(meta, config, stream)
   start_step = int(state["step"])
+  changes = run_config.record(config, workdir, resume_step=start_step,
+                              allow_change=allow_config_change)
+  if changes:
+    say(stream, "Resuming with changed settings (--allow_config_change): "
+        + run_config.describe(changes))
   skipped = {name: int(meta.get("skipped", {}).get(name, 0)) for name in sources}
   say(stream, f"{'Resumed' if start_step else 'Starting'} at step {start_step} in {workdir}; "
              f"{state_lib.count_params(state['params']):,} parameters on {mesh.devices.size} "
              f"device(s)")
   summary = {"step": start_step, "total_steps": total_steps, "losses": {}, "first_losses": {},
-             "skipped": skipped, "state": state, "workdir": workdir, "preempted": False,
-             "checkpoints": checkpoints.directory,
-             "metrics": os.path.join(workdir, metrics_lib.METRICS_FILE),
-             "reconstructions": os.path.join(workdir, "reconstructions")}
+             "skipped": skipped, "state": state, "workdir": str(workdir), "preempted": False,
+             "checkpoints": str(checkpoints.directory),
+             "metrics": str(workdir / metrics_lib.METRICS_FILE),
+             "reconstructions": str(workdir / RECONSTRUCTIONS_DIR)}
   if start_step >= last_step:
     checkpoints.close()
     preemption.restore()
@@ -408,9 +463,7 @@ def write_reconstruction(workdir, writer, step, source, predicted, model_cfg, no
   from omnimae_jax import visualize  # Pillow, only when pictures are due
 
   pixels, mask, pred = (np.asarray(x) for x in jax.device_get(predicted))
-  out_dir = os.path.join(workdir, "reconstructions")
-  os.makedirs(out_dir, exist_ok=True)
-  prefix = os.path.join(out_dir, f"step{step:08d}_{source}")
+  prefix = paths.workdir_path(workdir) / RECONSTRUCTIONS_DIR / f"step{step:08d}_{source}"
   visualize.write_reconstruction(prefix, pixels, mask, pred, model_cfg.patch_size,
                                  norm_pix=norm_pix)
   frames = visualize.comparison_frames(pixels, mask, pred, model_cfg.patch_size, norm_pix=norm_pix)

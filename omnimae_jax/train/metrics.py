@@ -2,11 +2,13 @@
 import json
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import jax
 import numpy as np
 from absl import logging
+
+from omnimae_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,23 +31,26 @@ class MetricsWriter:
   event files, each rewritten atomically), so the history holds one value per step.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir, resume_step: int = 0, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, METRICS_FILE)
+    workdir = paths.workdir_path(workdir)  # local or gs://
+    self.path = workdir / METRICS_FILE
     self._summary = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      tensorboard_dir = os.path.join(workdir, "tensorboard")
+      workdir.mkdir(parents=True, exist_ok=True)
+      tensorboard_dir = workdir / "tensorboard"
       dropped = truncate_jsonl(self.path, resume_step)
       dropped += truncate_event_files(tensorboard_dir, resume_step) if tensorboard else 0
       if dropped:
         logging.warning("Dropped %d metric entries past step %d, written before the run was "
                         "interrupted", dropped, resume_step)
-      self._file = open(self.path, "a")
+      # On gs://, TensorFlow's file system (epath's backend) uploads the whole file at each
+      # flush: cloud storage has no append, so every flush replaces the object.
+      self._file = self.path.open("a")
       if tensorboard:
         summary = _tf_summary()
         self._summary = summary
-        self._writer = summary.create_file_writer(tensorboard_dir)
+        self._writer = summary.create_file_writer(tf_path(tensorboard_dir))
 
   def write(self, step: int, metrics: Dict):
     if not self.enabled:
@@ -72,15 +77,31 @@ class MetricsWriter:
         self._writer.flush()
 
 
-def _replace_atomically(path: str, write_fn):
-  """Writes a sibling temporary file with `write_fn(tmp_path)`, then renames it over `path`."""
-  tmp = path + ".tmp-omnimae"
+def tf_path(path) -> str:
+  """The string TensorFlow's file system takes for an epath path (it reads gs:// itself)."""
+  return os.fspath(path)
+
+
+def read_lines(path) -> List[str]:
+  path = paths.workdir_path(path)
+  return path.read_text().splitlines() if path.exists() else []
+
+
+def _text(lines) -> str:
+  return "".join(line + "\n" for line in lines)
+
+
+def _replace_atomically(path, write_fn):
+  """Writes a sibling temporary file with `write_fn(tmp_path)`, then renames it over `path`
+  (on GCS, a rename is a copy: readers still see either the old or the new whole file)."""
+  path = paths.workdir_path(path)
+  tmp = path.parent / (path.name + ".tmp-omnimae")
   try:
     write_fn(tmp)
-    os.replace(tmp, path)
+    tmp.replace(path)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    if tmp.exists():
+      tmp.unlink()
 
 
 def truncate_jsonl(path: str, last_step: int) -> int:
@@ -88,10 +109,7 @@ def truncate_jsonl(path: str, last_step: int) -> int:
 
   A line cut short by a kill is dropped too.
   """
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = read_lines(path)
   kept = []
   for line in lines:
     try:
@@ -101,10 +119,7 @@ def truncate_jsonl(path: str, last_step: int) -> int:
       continue
   dropped = len(lines) - len(kept)
   if dropped:
-    def write(tmp):
-      with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    _replace_atomically(path, write)
+    _replace_atomically(path, lambda tmp: tmp.write_text(_text(kept)))
   return dropped
 
 
@@ -114,19 +129,19 @@ def truncate_event_files(directory: str, last_step: int) -> int:
   TensorBoard would otherwise draw both the killed session's values and the resumed ones for the
   same steps. A record cut short by a kill ends the file's readable part.
   """
-  if not os.path.isdir(directory):
+  directory = paths.workdir_path(directory)
+  if not directory.is_dir():
     return 0
   tf = _tf_module()
   from tensorboard.compat.proto import event_pb2  # noqa: PLC0415  (TensorBoard is a dependency)
 
   dropped = 0
-  for name in sorted(os.listdir(directory)):
-    path = os.path.join(directory, name)
-    if "tfevents" not in name or not os.path.isfile(path):
+  for path in sorted(directory.iterdir()):
+    if "tfevents" not in path.name or not path.is_file():
       continue
     records, readable = [], True
     try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      for record in tf.data.TFRecordDataset(tf_path(path)).as_numpy_iterator():
         records.append(record)
     except tf.errors.DataLossError:
       readable = False
@@ -136,7 +151,7 @@ def truncate_event_files(directory: str, last_step: int) -> int:
     dropped += len(records) - len(kept)
 
     def write(tmp, kept=kept):
-      with tf.io.TFRecordWriter(tmp) as writer:
+      with tf.io.TFRecordWriter(tf_path(tmp)) as writer:
         for record in kept:
           writer.write(record)
     _replace_atomically(path, write)

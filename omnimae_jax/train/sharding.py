@@ -8,12 +8,13 @@ Strategies (config.sharding):
              tensor parallelism).
 The batch is always split over 'data' (and 'model' holds copies of it).
 """
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
@@ -33,22 +34,63 @@ def logical_rules(strategy: str):
 
 
 def make_mesh(axes: Sequence[Tuple[str, int]], devices=None) -> jax.sharding.Mesh:
-  """A mesh from config.mesh, e.g. (('data', -1), ('model', 2)); one -1 takes what is left."""
+  """A mesh from config.mesh, e.g. (('data', -1), ('model', 2)); one -1 takes what is left.
+
+  Devices from several TPU slices (multi-slice: each device has a `slice_index`) make a hybrid
+  mesh: the slow network between slices (DCN) only carries the data-parallel gradient
+  reduction, so 'data' spans the slices (slice-major: slice 0's devices first) and the
+  configured strategy ('model', fsdp's 'data' part) stays on each slice's fast network (ICI).
+  """
   devices = list(jax.devices() if devices is None else devices)
   names = tuple(name for name, _ in axes)
-  if set(names) != {DATA, MODEL}:
+  if set(names) != {DATA, MODEL} or len(names) != 2:
     raise ValueError(f"mesh: axes must be named {DATA!r} and {MODEL!r}, got {names}")
+  sizes = mesh_sizes(axes, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * len(names)
+  slices = num_slices(devices)
+  if slices == 1:
+    return jax.make_mesh(tuple(sizes), names, axis_types=auto, devices=devices)
+  return jax.sharding.Mesh(hybrid_device_array(axes, sizes, devices, slices), names,
+                           axis_types=auto)
+
+
+def mesh_sizes(axes, num_devices: int) -> List[int]:
+  """The axis sizes of config.mesh on `num_devices` devices (the -1 resolved)."""
   sizes = [int(size) for _, size in axes]
   known = int(np.prod([s for s in sizes if s != -1]))
-  if sizes.count(-1) > 1 or len(devices) % known:
-    raise ValueError(f"mesh={tuple(axes)} does not fit {len(devices)} devices (at most one -1; "
+  if sizes.count(-1) > 1 or known < 1 or num_devices % known:
+    raise ValueError(f"mesh={tuple(axes)} does not fit {num_devices} devices (at most one -1; "
                      f"the fixed sizes must divide the device count)")
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != len(devices):
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != num_devices:
     raise ValueError(f"mesh={tuple(axes)} uses {int(np.prod(sizes))} devices but "
-                     f"{len(devices)} are present")
-  auto = (jax.sharding.AxisType.Auto,) * len(names)
-  return jax.make_mesh(tuple(sizes), names, axis_types=auto, devices=devices)
+                     f"{num_devices} are present")
+  return sizes
+
+
+def num_slices(devices) -> int:
+  """How many TPU slices the devices come from (1 for devices that have no slice_index)."""
+  return len({getattr(device, "slice_index", 0) for device in devices})
+
+
+def hybrid_device_array(axes, sizes, devices, slices: int) -> np.ndarray:
+  """The devices arranged for a multi-slice mesh: each slice holds the whole 'model' axis and
+  an equal block of 'data'; the blocks follow each other in slice order."""
+  names = [name for name, _ in axes]
+  per_slice = len(devices) // slices
+  data = sizes[names.index(DATA)]
+  model = sizes[names.index(MODEL)]
+  if len(devices) % slices or data % slices or per_slice % model:
+    raise ValueError(
+        f"mesh={tuple(axes)} does not fit {slices} slices of {per_slice} devices: 'data' "
+        f"({data}) must be a multiple of the slice count {slices} and 'model' ({model}) must "
+        f"divide the {per_slice} devices of one slice (the slices are joined by the slow "
+        f"network, which only the data-parallel reduction crosses); e.g. "
+        f"(('data', -1), ('model', 1))")
+  ici = [data // slices if name == DATA else model for name in names]
+  dcn = [slices if name == DATA else 1 for name in names]
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                              allow_split_physical_axes=True)
 
 
 def data_parallel_size(mesh) -> int:

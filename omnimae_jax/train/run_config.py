@@ -1,0 +1,90 @@
+"""The run's whole config, kept in its workdir as config.json.
+
+Written (atomically, by process 0) when a run starts or resumes, so that a workdir says how it was
+trained and tools (reconstruct, evaluation) can read settings such as the target normalisation.
+A resume compares the new config with the stored one: a change to a field that moves the
+learning-rate schedule or the data order would silently make the run a different experiment, so it
+is refused unless the user asks for it (`main.py --allow_config_change`); the replaced config is
+kept beside the new one.
+"""
+import json
+from typing import Dict, List, Optional, Tuple
+
+from etils import epath
+import jax
+
+from omnimae_jax.config_file import ConfigError
+
+RUN_CONFIG_FILE = "config.json"
+# Prefixes (of dotted field names) whose change alters the schedule or the data order.
+SCHEDULE_FIELDS = ("mode", "seed", "epochs", "total_steps", "data.sources", "optim.lr",
+                   "optim.end_lr", "optim.schedule", "optim.warmup_fraction",
+                   "optim.accum_steps", "mesh")
+
+
+def as_dict(config) -> Dict:
+  """The config as plain JSON values (tuples become lists), as config.json holds it."""
+  return json.loads(config.to_json_best_effort())
+
+
+def flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
+  """{'optim.lr': 1e-3, ...}: dotted field names to leaf values."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def schedule_changes(saved: Dict, new: Dict) -> List[Tuple[str, object, object]]:
+  """(field, saved value, new value) for every changed field that moves the schedule or data."""
+  old_flat, new_flat = flatten(saved), flatten(new)
+  changed = []
+  for name in sorted(set(old_flat) | set(new_flat)):
+    guarded = any(name == field or name.startswith(field + ".") for field in SCHEDULE_FIELDS)
+    if guarded and old_flat.get(name) != new_flat.get(name):
+      changed.append((name, old_flat.get(name, "(absent)"), new_flat.get(name, "(absent)")))
+  return changed
+
+
+def describe(changes) -> str:
+  return ", ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+
+
+def read(workdir) -> Optional[Dict]:
+  """The stored config of a workdir (a plain dict), or None for a workdir without one."""
+  path = epath.Path(workdir) / RUN_CONFIG_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_atomically(path: epath.Path, text: str):
+  temporary = path.parent / (path.name + ".tmp")
+  temporary.write_text(text)
+  temporary.replace(path)
+
+
+def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
+  """Checks a resume against the stored config, then stores this run's config.
+
+  Returns the schedule changes that were allowed (empty when none). Raises ConfigError, before
+  anything is written, for a resume that changes the schedule or data order without permission.
+  """
+  directory = epath.Path(workdir)
+  new = as_dict(config)
+  saved = read(directory) if resume_step else None
+  changes = schedule_changes(saved, new) if saved is not None else []
+  if changes and not allow_change:
+    raise ConfigError(
+        f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
+        f"or data order of the run: {describe(changes)}; rerun with the saved values, use a new "
+        f"workdir, or pass --allow_config_change to go on with the new ones")
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / RUN_CONFIG_FILE
+    if changes:  # keep what the first part of the run was trained with
+      path.replace(directory / f"config.until_step_{resume_step}.json")
+    _write_atomically(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+  return changes
