@@ -275,10 +275,14 @@ def print_summary(summary):
            if summary["step"] >= summary["total_steps"] else "stopped (--stop_at_step) at")
   losses = ", ".join(f"{name} {summary['first_losses'][name]:.4f} -> {loss:.4f}"
                      for name, loss in sorted(summary["losses"].items()))
-  progress = (f"loss over this session, first step -> last step: {losses}" if losses
+  progress = (f"loss of this session's first step -> of its last step: {losses}" if losses
               else "nothing left to train in this workdir")
   print(f"\nTraining {state} step {summary['step']} of {summary['total_steps']} ({progress})")
   skipped = {name: count for name, count in summary["skipped"].items() if count}
+  if "wall_seconds" in summary:
+    compiling = sum(summary["compile_seconds"].values())
+    print(f"  wall time:       {summary['wall_seconds'] / 60:.1f} min, of which compiling "
+          f"{compiling:.0f} s")
   print("  corrupt records: " + (", ".join(f"{name} {count} samples skipped"
                                           for name, count in skipped.items()) or "none"))
   for name, by_step in summary.get("evals", {}).items():

@@ -1,4 +1,4 @@
-"""What does the MAE see and rebuild? original | masked | reconstruction for one image or video.
+"""What does the MAE see and rebuild? Labelled panels for one image or video, and its loss.
 
     python -m omnimae_jax.reconstruct --checkpoint vitb_pretrain.torch --input cat.jpg \
         --mask_ratio 0.9 --mask_kind random --out recon/cat
@@ -10,11 +10,17 @@ omnimae_jax.pretrained.load). An image (JPEG/PNG/...) is resized (short side) an
 to the model's img_size; a video (mp4/webm/...) gives the model's num_frames frames spread evenly
 over a 2.7 s window at its middle (the whole clip if shorter), each resized and cropped likewise.
 Writes OUT.png for an image, OUT.gif and OUT_strip.png for a video (see visualize.py).
+
+The loss and the panels depend on what the model was trained to predict: per-patch normalised
+pixels (the paper's `loss.norm_pix=True`) or plain pixels. A training workdir says which in its
+config.json; for anything else (an official file, a model directory) the paper's default is
+assumed and a note says so. `--norm_pix` / `--no-norm_pix` overrides both.
 """
 import argparse
 import math
 import os
 import sys
+from typing import Optional, Tuple
 
 import av
 import jax
@@ -25,12 +31,13 @@ from omnimae_jax import pretrained, visualize
 from omnimae_jax import pixels as pixel_stats
 from omnimae_jax.models import mae
 from omnimae_jax.models.vit import token_grid
-from omnimae_jax.train import checkpoint
+from omnimae_jax.train import checkpoint, run_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 CLIP_SECONDS = 2.7  # the official clip window (SPEC §3.2)
 DEFAULT_RATIOS = {"image": 0.9, "video": 0.95}  # the paper's (SPEC §2.3)
+TARGET_KINDS = {True: "per-patch normalised", False: "plain-pixel"}
 
 
 class ReconstructError(ValueError):
@@ -151,6 +158,19 @@ def predict(model, variables, frames: np.ndarray, mask_kind: str, mask_ratio: fl
   return pixels, mask, np.asarray(pred)
 
 
+def target_normalisation(checkpoint_path: str, override=None) -> Tuple[bool, Optional[str]]:
+  """(norm_pix, where it comes from): --norm_pix, else the training workdir's stored config;
+  (True, None), the paper's default, for a checkpoint that does not say (official file, model
+  directory, workdir from before config.json)."""
+  if override is not None:
+    return bool(override), "from --norm_pix" if override else "from --no-norm_pix"
+  stored = run_config.read(checkpoint_path) if os.path.isdir(checkpoint_path) else None
+  norm_pix = (stored or {}).get("loss", {}).get("norm_pix")
+  if norm_pix is None:
+    return True, None
+  return bool(norm_pix), f"from {os.path.join(checkpoint_path, run_config.RUN_CONFIG_FILE)}"
+
+
 def output_prefix(out: str, input_path: str) -> str:
   """OUT itself, or OUT/<input name> when OUT is an existing directory."""
   if os.path.isdir(out):
@@ -161,7 +181,8 @@ def output_prefix(out: str, input_path: str) -> str:
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog="python -m omnimae_jax.reconstruct",
-      description="Write original | masked | reconstruction pictures for an image or a video.")
+      description="Write labelled pictures of what a pretraining checkpoint predicts for an "
+      "image or a video (masked input, prediction, target, original) and its loss.")
   parser.add_argument("--checkpoint", required=True, help="official .torch file, model "
                       "directory or training workdir")
   parser.add_argument("--input", required=True, help="an image (JPEG/PNG) or a video (mp4/webm)")
@@ -169,8 +190,9 @@ def parse_args(argv):
   parser.add_argument("--mask_ratio", type=float, help="default: 0.9 for images, 0.95 for videos")
   parser.add_argument("--mask_kind", default="random", help="random | tube | causal | frame")
   parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
-  parser.add_argument("--norm_pix", action=argparse.BooleanOptionalAction, default=True,
-                      help="the model predicts per-patch normalised pixels (the official loss)")
+  parser.add_argument("--norm_pix", action=argparse.BooleanOptionalAction, default=None,
+                      help="the model predicts per-patch normalised pixels (the official loss); "
+                      "default: the training workdir's loss.norm_pix (config.json), else True")
   parser.add_argument("--img_size", type=int, help="the model's input size (default: the "
                       "checkpoint's; a .torch file's is read off its position table assuming 16 "
                       "frames, see omnimae_jax.convert)")
@@ -192,13 +214,19 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   cfg = model.config
-  loss = float(mae.reconstruction_loss(pred, pixels, mask, cfg.patch_size, args.norm_pix,
+  norm_pix, origin = target_normalisation(os.path.abspath(args.checkpoint), args.norm_pix)
+  if origin is None:
+    print(f"note: {args.checkpoint} does not say what its model predicts (only a training "
+          f"workdir keeps its config, {run_config.RUN_CONFIG_FILE}); assuming the paper's "
+          f"per-patch normalised targets; pass --no-norm_pix for a model trained on plain pixels")
+  loss = float(mae.reconstruction_loss(pred, pixels, mask, cfg.patch_size, norm_pix,
                                        cfg.pad_type))
   paths = visualize.write_reconstruction(output_prefix(args.out, args.input), pixels, mask, pred,
-                                         cfg.patch_size, norm_pix=args.norm_pix,
-                                         pad_type=cfg.pad_type)
+                                         cfg.patch_size, norm_pix=norm_pix, pad_type=cfg.pad_type)
   print(f"{modality} {tuple(frames.shape)}, {args.mask_kind} mask {int(mask.sum())}/"
-        f"{mask.size} tokens, masked-patch loss {loss:.4f}")
+        f"{mask.size} tokens, masked-patch loss {loss:.4f} on {TARGET_KINDS[norm_pix]} targets "
+        f"(loss.norm_pix={norm_pix} {origin or 'assumed'})")
+  print("panels: " + " | ".join(visualize.panel_labels(norm_pix)))
   for path in paths:
     print(f"wrote {path}")
   return 0

@@ -240,7 +240,8 @@ def test_pretrain_and_reconstruct_on_own_data(prepared, tmp_path, capsys):
                            str(out)]) == 0
   assert f"wrote {out}.png" in capsys.readouterr().out
   panels = np.asarray(Image.open(f"{out}.png"))
-  assert panels.shape == (SIZE, 3 * SIZE + 2 * visualize.GAP, 3)  # the tiny model's size
+  # One row of 5 panels (normalised targets: the config's default), each upscaled to 224 px.
+  assert panels.shape == visualize.picture_shape(1, 5, (224, 224))
 
 
 @pytest.mark.parametrize("arg, message", [

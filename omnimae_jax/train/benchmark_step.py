@@ -102,7 +102,8 @@ def run(args):
         f"{model.config.attention}, remat {model.config.remat}) on "
         f"{jax.device_count()} x {device.device_kind}; "
         f"{state_lib.count_params(state['params']):,} parameters; peak "
-        f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s per device")
+        + (f"{peak / 1e12:.0f} TFLOP/s per device" if peak else "n/a (unknown device; MFU needs "
+           "--peak_tflops)"))
   header = (f"{'source':8} {'batch':>6} {'tokens':>11} {'compile s':>9} {'step ms':>9} "
             f"{'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6}")
   print(header)

@@ -7,6 +7,7 @@ inside the jitted step, the FLOP count) and in configuration values.
 import dataclasses
 import os
 import sys
+import time
 from typing import Callable, Dict
 
 import jax
@@ -291,6 +292,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   when the schedule or data order changed (see run_config).
   """
   workdir = paths.workdir_path(workdir)  # a local directory or a gs:// URL
+  session_started = time.perf_counter()
   run = plan_run(config, devices)
   mesh, mode, model, sources = run.mesh, run.mode, run.model, run.sources
   total_steps, tx, schedule = run.total_steps, run.tx, run.schedule
@@ -345,7 +347,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   if jax.process_count() == 1:
     preemption.on_signal(loader.stop)
   first_losses, last_losses = summary["first_losses"], summary["losses"]
-  summary["evals"] = {}
+  summary.update(evals={}, compile_seconds={})
 
   def evals_due(done):
     """The evaluators due after `done` steps (all of them at the start and at the end)."""
@@ -353,11 +355,28 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
             if done in (0, total_steps) or done % evaluator.every_steps == 0}
 
   def evaluate(done):
+    started = time.perf_counter()
     for name, evaluator in evals_due(done).items():
       results = evaluator.run(state["params"])
       summary["evals"].setdefault(name, {})[done] = results
       writer.write(done, {"eval": name, **{f"{name}/{k}": v for k, v in results.items()}})
       say(stream, f"eval {name} at step {done}: " + metrics_lib.format_results(results))
+    interval.exclude(time.perf_counter() - started)
+
+  def run_step(name, batch):
+    """The step of source `name`; its first call compiles (seconds to minutes): said and timed
+    apart, so that step time and ETA are training only."""
+    if name in summary["compile_seconds"]:
+      return step_fns[name](state, batch)
+    modality = sources[name].cfg.modality
+    say(stream, f"Compiling the {name} step" + ("" if modality in name else f" ({modality})")
+        + " (the first step of each source; seconds to minutes)...")
+    started = time.perf_counter()
+    result = step_fns[name](state, batch)  # returns once compiled; the step runs on
+    seconds = summary["compile_seconds"][name] = time.perf_counter() - started
+    interval.exclude(seconds)
+    say(stream, f"Compiled the {name} step in {seconds:.1f} s")
+    return result
 
   def checkpoint_meta():
     return {"process_count": jax.process_count(), "skipped": dict(skipped)}
@@ -389,14 +408,16 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     if start_step == 0:
       evaluate(0)
     for step, name, batch in loader:
-      state, step_metrics = step_fns[name](state, batch)
+      state, step_metrics = run_step(name, batch)
       if pending is not None:
         finish(pending)
       pending = StepRecord(step, name, step_metrics, loader.last_wait_seconds, step_flops[name],
                            sources[name].cfg.batch_size)
       latest_batches[name] = batch
       done = step + 1
-      if predict_fns and config.recon_every_steps and done % config.recon_every_steps == 0:
+      # Pictures every recon_every_steps (0 = none) and after the session's last step.
+      if predict_fns and config.recon_every_steps and (
+          done % config.recon_every_steps == 0 or done >= last_step):
         for source_name, source_batch in latest_batches.items():  # one picture per modality
           write_reconstruction(workdir, writer, done, source_name,
                                predict_fns[source_name](state["params"], source_batch),
@@ -428,7 +449,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
     checkpoints.close()
     writer.close()
     preemption.restore()
-  summary.update(step=int(state["step"]), state=state, preempted=preemption.stopping)
+  summary.update(step=int(state["step"]), state=state, preempted=preemption.stopping,
+                 wall_seconds=time.perf_counter() - session_started)
   return summary
 
 
@@ -457,14 +479,18 @@ def non_finite_message(record: StepRecord, values, checkpoints) -> str:
 
 
 def write_reconstruction(workdir, writer, step, source, predicted, model_cfg, norm_pix):
-  """original | masked | reconstruction for the batch's first sample: files and TensorBoard."""
+  """The labelled picture of the predicted samples (see visualize.py), drawn for the run's own
+  target kind (norm_pix): a file in reconstructions/ and a TensorBoard image (for videos an
+  animated GIF)."""
   if jax.process_index() != 0:
     return
   from omnimae_jax import visualize  # Pillow, only when pictures are due
 
   pixels, mask, pred = (np.asarray(x) for x in jax.device_get(predicted))
-  prefix = paths.workdir_path(workdir) / RECONSTRUCTIONS_DIR / f"step{step:08d}_{source}"
-  visualize.write_reconstruction(prefix, pixels, mask, pred, model_cfg.patch_size,
-                                 norm_pix=norm_pix)
-  frames = visualize.comparison_frames(pixels, mask, pred, model_cfg.patch_size, norm_pix=norm_pix)
-  writer.write_image(step, f"reconstruction/{source}", np.concatenate(list(frames[:8]), axis=0))
+  picture = visualize.draw(pixels, mask, pred, model_cfg.patch_size, norm_pix=norm_pix,
+                           pad_type=model_cfg.pad_type)
+  visualize.save(picture, paths.workdir_path(workdir) / RECONSTRUCTIONS_DIR
+                 / f"step{step:08d}_{source}")
+  height, width = picture.frames.shape[1:3]
+  writer.write_encoded_image(step, f"reconstruction/{source}", picture.encoded, width, height,
+                             description="; ".join(picture.labels))

@@ -64,11 +64,21 @@ class MetricsWriter:
           if isinstance(value, (int, float)) and key != "step" and value is not None:
             self._summary.scalar(key, value)
 
-  def write_image(self, step: int, tag: str, image: np.ndarray):
-    """image: uint8 [H, W, 3]."""
+  def write_encoded_image(self, step: int, tag: str, encoded: bytes, width: int, height: int,
+                          description: str = ""):
+    """An already encoded PNG, or an animated GIF, as a TensorBoard image.
+
+    `summary.image` would re-encode frames as PNG, one still per frame. The image plugin instead
+    serves the stored bytes with their own MIME type, so a GIF written as they are plays in the
+    browser. The record is the one `summary.image` writes: [width, height, bytes].
+    """
     if self.enabled and self._summary is not None:
+      from tensorboard.plugins.image import metadata  # noqa: PLC0415  (a dependency of TF)
+
+      tensor = _tf_module().constant([str(width).encode(), str(height).encode(), encoded])
       with self._writer.as_default(step=int(step)):
-        self._summary.image(tag, image[None], max_outputs=1)
+        self._summary.write(tag, tensor, metadata=metadata.create_summary_metadata(
+            display_name=None, description=description))
 
   def close(self):
     if self.enabled:
@@ -181,6 +191,11 @@ class Interval:
 
   def _reset(self):
     self.losses, self.samples, self.flops, self.data_wait = {}, 0, 0.0, 0.0
+    self.excluded = 0.0
+
+  def exclude(self, seconds: float):
+    """Leaves time that is not training (compiling, evaluating) out of step time and the ETA."""
+    self.excluded += seconds
 
   def add(self, source: str, loss: float, samples: int, flops: float, data_wait: float):
     self.losses.setdefault(source, []).append(loss)
@@ -192,7 +207,7 @@ class Interval:
     """Metrics of the interval that ends after `step` steps; starts the next interval."""
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)
-    seconds = max(now - self._last_time, 1e-9)
+    seconds = max(now - self._last_time - self.excluded, 1e-9)
     entry = {f"loss_{name}": float(np.mean(values)) for name, values in self.losses.items()}
     entry.update(
         samples_per_sec=self.samples / seconds, step_time=seconds / steps,
@@ -218,11 +233,13 @@ def format_results(results: Dict) -> str:
 
 
 def progress_line(step: int, total: int, metrics: Dict) -> str:
+  """The console line: losses are means over the steps since the previous line (per source),
+  throughput and ETA leave out compiling and evaluating."""
   mfu = metrics.get("mfu")
   losses = " ".join(f"{key[5:]} {value:.4f}" for key, value in sorted(metrics.items())
                     if key.startswith("loss_"))
   skipped = sum(value for key, value in metrics.items() if key.startswith("skipped_"))
-  return (f"step {step}/{total} loss {losses} "
+  return (f"step {step}/{total} mean loss {losses} "
           + (f"(skipped {skipped} corrupt samples) " if skipped else "")
           + f"lr {metrics['lr']:.2e} {metrics['samples_per_sec']:.1f} samples/s "
           f"data wait {metrics['data_wait_time'] * 1e3:.0f} ms "

@@ -111,12 +111,15 @@ def make_train_step(objective, tx, schedule, *, mesh, strategy, state_shardings,
   return with_mesh_rules(jitted, mesh, strategy)
 
 
+PICTURE_SAMPLES = 4  # rows of a training picture
+
+
 def make_predict(model, *, mesh, strategy, param_shardings):
-  """predict(params, batch) -> (pixels, mask, pred) of the batch's first sample, replicated on
-  every process (so process 0 can draw it even when sample 0 lives on another host)."""
+  """predict(params, batch) -> (pixels, mask, pred) of the batch's first samples, replicated on
+  every process (so process 0 can draw them even when they live on another host)."""
 
   def predict(params, batch):
-    first = jax.tree.map(lambda x: x[:1], batch)
+    first = jax.tree.map(lambda x: x[:PICTURE_SAMPLES], batch)
     pixels = pixel_utils.normalize(first["pixels"])
     pred = model.apply({"params": params}, pixels, first["mask"], first["keep_idx"])
     return pixels, first["mask"], pred
