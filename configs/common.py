@@ -160,7 +160,7 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
 
   config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   # Compiled steps are cached here, so a resumed (preempted) run does not compile again: 'auto'
-  # = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compile_cache; '' turns it off.
+  # = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compile_cache; 'off' turns it off.
   config.compilation_cache = "auto"
   config.log_every_steps = 50
   config.recon_every_steps = 5000
@@ -285,14 +285,17 @@ def evaluate_config(dataset, checkpoint, *, batch_size=0):
 
 
 def knn_eval(tfds_name, *, train_split, val_split, image_size=224, every_steps=5000,
-             batch_size=256, k=20, temperature=0.07):
+             batch_size=256, k=20, temperature=0.07, modality="image", num_frames=16,
+             clip_seconds=2.7):
   """A frozen-feature k-NN probe during pretraining: the unmasked encoder's mean token of a
   labelled train split votes (exp(similarity / temperature), k neighbours) for each validation
-  example; `knn_top1` shows the representation improving as pretraining goes on."""
+  example; `knn_top1` shows the representation improving as pretraining goes on. Videos: one
+  centred clip of `num_frames` from the middle `clip_seconds`, short side `image_size`."""
   def source(split):
-    cfg = default_eval_source_config("image")
+    cfg = default_eval_source_config(modality)
     cfg.update(tfds_name=tfds_name, split=split, batch_size=batch_size, image_size=image_size,
-               resize_size=image_size)
+               resize_size=image_size, eval_short_side=image_size, num_frames=num_frames,
+               clip_seconds=clip_seconds, num_temporal_clips=1, num_spatial_crops=1)
     return cfg
 
   return ml_collections.ConfigDict(dict(

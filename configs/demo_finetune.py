@@ -7,6 +7,11 @@
 What `make demo` runs after the pretraining: the official fine-tuning machinery (layer decay,
 drop path, RandAugment, random erasing, mixup/cutmix, label smoothing, the post-pool norm and
 head re-initialised) at the demo's size, with the validation top-1 at the start and the end.
+
+Lighter than the IN1K recipe where 64-pixel pictures and 124 steps need it: crops of at least 35%
+of the picture (an 8% crop of a 64-pixel picture often misses the shape), RandAugment at
+magnitude 5, mixup/cutmix on half the batches, and the head initialised at std 0.01. With the
+IN1K recipe as it is, the demo reached 45% top-1 (25% at the start) in the same steps.
 """
 from configs import common
 
@@ -23,9 +28,12 @@ def get_config(arg=None):
   config = common.finetune_config("tiny", recipe, epochs=args.epochs, init_from=args.init)
   train = config.data.sources.train
   train.update(tfds_name=tfds_name, batch_size=32, image_size=64, shuffle_buffer=1000,
-               num_frames=8, clip_seconds=8 / 12, short_side=0)
+               num_frames=8, clip_seconds=8 / 12, short_side=0, crop_scale=(0.35, 1.0))
+  if recipe == "in1k":
+    train.rand_augment = "rand-m5-mstd0.5-inc1"
+  config.augment.mix_prob = 0.5
   config.model.update(img_size=64, num_frames=8, patch_size=(2, 8, 8), num_classes=4,
-                      compute_dtype="float32", remat="none")
+                      compute_dtype="float32", remat="none", head_init_std=0.01)
   config.optim.update(lr=2e-3)
   config.data.data_dir = "data/tfds"
   config.sharding = "dp"

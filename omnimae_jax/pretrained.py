@@ -28,14 +28,16 @@ import collections
 import dataclasses
 import fnmatch
 import os
+import tempfile
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
+from etils import epath
 import numpy as np
 from flax import traverse_util
 
-from omnimae_jax import convert, models, torch_reader
+from omnimae_jax import convert, models, paths, torch_reader
 from omnimae_jax.train import checkpoint
 
 # What the fine-tuning configs drop from the pretraining checkpoint (SPEC §1.6), in our naming.
@@ -69,6 +71,11 @@ def _check_expect(expect: str):
 
 
 def _load_official(path: str, overrides: dict):
+  if paths.is_url(path):  # the reader seeks around a zip archive: read it from a local copy
+    with tempfile.NamedTemporaryFile(suffix=".torch") as local:
+      local.write(epath.Path(path).read_bytes())
+      local.flush()
+      return _load_official(local.name, overrides)
   try:
     return convert.load_official(path, **overrides)
   except torch_reader.UnsafeCheckpointError as e:
@@ -129,13 +136,13 @@ def load(path: Union[str, os.PathLike], expect: str = "any", **overrides
   remat='none'|'full'|'auto', attention, img_size, num_frames, drop_path, head_init_std, ...).
   """
   _check_expect(expect)
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.exists(path):
+  where = paths.workdir_path(path)  # local, or on cloud storage (gs://...)
+  path = os.fspath(where)
+  if not where.exists():
     raise PretrainedError(f"{path}: no such file or directory; expected {WHAT_LOADS}")
-  if os.path.isfile(path):
+  if where.is_file():
     model, variables = _load_official(path, overrides)
-  elif checkpoint.is_model_dir(path) or os.path.isdir(
-      os.path.join(path, checkpoint.CHECKPOINTS_DIR)):
+  elif checkpoint.is_model_dir(path) or (where / checkpoint.CHECKPOINTS_DIR).is_dir():
     model, variables = _with_overrides(*checkpoint.load_model(path), overrides, path)
   else:
     raise PretrainedError(f"{path}: a directory that is neither a model directory nor a "
@@ -320,7 +327,7 @@ def init_from(path: Union[str, os.PathLike], target_model: nn.Module, target_par
   own fresh values. load_overrides go to `load` (e.g. img_size/num_frames for a .torch file whose
   position table is not the official 16-frame one).
   """
-  source = os.path.abspath(os.fspath(path))
+  source = os.fspath(paths.workdir_path(path))
   _check_expect(expect)
   _check_target(target_model, source)  # before reading a file of up to 2.6 GB
   source_model, source_variables = load(source, **load_overrides)

@@ -244,10 +244,10 @@ def free_port():
     return sock.getsockname()[1]
 
 
-def run_two_processes(data_dir, workdir, total_steps):
+def run_two_processes(data_dir, workdir, total_steps, *extra):
   """main.py as two JAX processes (one CPU device each) joined by jax.distributed."""
   address = f"localhost:{free_port()}"
-  procs = [main_py(*demo_flags(data_dir, workdir, f"--config.total_steps={total_steps}",
+  procs = [main_py(*demo_flags(data_dir, workdir, f"--config.total_steps={total_steps}", *extra,
                                "--config.log_every_steps=1", "--config.recon_every_steps=0",
                                "--config.checkpoint.every_steps=3",
                                f"--coordinator_address={address}", "--num_processes=2",
@@ -261,11 +261,11 @@ def run_two_processes(data_dir, workdir, total_steps):
 
 
 def test_two_processes_train_save_and_resume(demo_data_dir, tmp_path):
-  first = run_two_processes(demo_data_dir, tmp_path, total_steps=3)
+  first = run_two_processes(demo_data_dir, tmp_path, 5, "--stop_at_step=3")
   assert "Starting at step 0" in first[0] and "on 2 device(s)" in first[0]
-  assert "Training finished at step 3 of 3" in first[0]
+  assert "stopped (--stop_at_step) at step 3 of 5" in first[0]
   assert "Training finished" not in first[1]  # only process 0 reports
-  second = run_two_processes(demo_data_dir, tmp_path, total_steps=5)
+  second = run_two_processes(demo_data_dir, tmp_path, 5)
   assert "Resumed at step 3" in second[0]
   records = losses_by_step(tmp_path)
   assert sorted(records) == [1, 2, 3, 4, 5]  # written once, by process 0
@@ -359,10 +359,10 @@ def test_an_overflowing_update_on_a_save_step_never_poisons_the_last_good_checkp
                                                       "optim.lr": bad_lr})
   with pytest.raises(loop.NonFiniteLossError,
                      match=rf"at step {bad_step} .*last good checkpoint is step 3"):
-    run(bad, tmp_path)
+    run(bad, tmp_path, allow_config_change=True)
   assert checkpoint_lib.TrainCheckpointer(tmp_path).latest_step() == 3
   assert finite_params(tmp_path)
-  resumed = run(sane, tmp_path)
+  resumed = run(sane, tmp_path, allow_config_change=True)
   assert resumed["step"] == 6 and all(np.isfinite(v) for v in resumed["losses"].values())
   assert finite_params(tmp_path)
 

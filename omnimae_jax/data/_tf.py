@@ -21,15 +21,23 @@ def _hide_accelerators_from_tf():
       pass
 
 
-class _DropTfdsInternalDeprecation(logging.Filter):
-  """TFDS 4.9.10's own decoders use TensorInfo.dtype and warn about it on every epoch; nothing a
-  user of this project can act on."""
+class _DropTfdsChatter(logging.Filter):
+  """Deprecation warnings about TFDS 4.9.10's own code (its decoders use TensorInfo.dtype and
+  FeatureConnector.dtype, its reader tf.data's CounterV2), printed on every start or epoch, and
+  its note that a dataset folder being generated has no dataset_info.json yet: nothing a user of
+  this project can act on (a dataset that is not prepared is a clear error of its own).
+  Deprecations raised from anywhere else still show."""
 
   def filter(self, record):
-    return "`TensorInfo.dtype` is deprecated" not in record.getMessage()
+    message = record.getMessage()
+    return not ("`TensorInfo.dtype` is deprecated" in message
+                or "has no dataset_info.json" in message  # a dataset about to be generated
+                or "`FeatureConnector.dtype` is deprecated" in message
+                or ("is deprecated" in message and "/tensorflow_datasets/" in message))
 
 
 _hide_accelerators_from_tf()
-logging.getLogger("absl").addFilter(_DropTfdsInternalDeprecation())
+for _logger in ("absl", "tensorflow"):
+  logging.getLogger(_logger).addFilter(_DropTfdsChatter())
 
 __all__ = ["tf"]

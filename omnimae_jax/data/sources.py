@@ -4,6 +4,8 @@ Nothing here downloads: real datasets are built once by the user (see `omnimae_j
 and the README's "Preparing data"); only the synthetic demo set is built on demand.
 """
 from concurrent import futures
+import contextlib
+import io
 import os
 import re
 
@@ -79,9 +81,14 @@ def ensure_built(tfds_name, data_dir):
   data_dir = os.path.expanduser(data_dir)
   builder = _builder_or_raise(tfds_name, data_dir)
   if not builder.is_prepared():
-    logging.info("Generating the demo dataset %s in %s", tfds_name, data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    print(f"Generating the demo dataset {tfds_name} in {data_dir} (once, seconds)", flush=True)
+    # TFDS announces a download of 'Unknown size' and draws progress bars; nothing is
+    # downloaded and it takes seconds, so its chatter goes to the debug log only.
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    logging.debug("TFDS while generating %s:\n%s", tfds_name, chatter.getvalue())
   return builder
 
 

@@ -1,6 +1,6 @@
 """The demo dataset: synthetic shapes made from a seed in seconds, no downloads.
 
-'omnimae_demo/images': 64x64 JPEG images of 4 shapes (class = shape).
+'omnimae_demo/images': 64x64 JPEG images of 4 bright shapes on dark backgrounds (class = shape).
 'omnimae_demo/videos': 16-frame 64x64 clips at 12 fps of a shape moving in one of 8 directions
 (class = direction; every frame alone is ambiguous). Stored exactly like the real video datasets
 (JPEG frames + fps + label + id) so the demo exercises the same pipeline code.
@@ -38,7 +38,9 @@ def _jpeg(pixels):
 class OmnimaeDemo(tfds.core.GeneratorBasedBuilder):
   """Synthetic shapes (images) and moving shapes (videos) for the demo and smoke tests."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Images: bright shapes on dark backgrounds, radius 0.2-0.38.",
+                   "1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       DemoConfig(name="images", description="4 shapes, 64x64", modality="image"),
       DemoConfig(name="videos", description="a shape moving in 8 directions, 16 frames",
