@@ -60,7 +60,7 @@ class Decoder(nn.Module):
         (1, cfg.width))  # zeros, "following iBOT" (SPEC §1.3)
     tokens = scatter_tokens(mask_token[0], visible, keep_idx, num_tokens)  # [B, N, D_enc]
     tokens = tokens + layers.position_table(grid, cfg.table_grid, cfg.width).astype(tokens.dtype)
-    tokens = nn.Dense(
+    tokens = layers.Dense(
         cfg.decoder_width, dtype=cfg.dtype, name="decoder_embed",
         kernel_init=layers.partitioned(
             layers.xavier_uniform(cfg.width, cfg.decoder_width), ("embed", "decoder_embed")),
@@ -88,7 +88,7 @@ class MAEPretrain(nn.Module):
     keep_idx = check_mask(mask, pixels.shape[0], int(np.prod(grid)), keep_idx)
     visible = Trunk(cfg, name="trunk")(pixels, keep_idx, train=train)  # [B, N_vis, D]
     decoded = Decoder(cfg, name="decoder")(visible, keep_idx, grid, train=train)
-    pred = nn.Dense(
+    pred = layers.Dense(
         cfg.pixels_per_patch, dtype=cfg.dtype, name="head",
         kernel_init=layers.partitioned(layers.truncated_normal(0.02), ("decoder_embed", None)),
         bias_init=layers.partitioned(nn.initializers.zeros, (None,)))(decoded)
@@ -118,6 +118,47 @@ def reconstruction_target(pixels, patch_size, norm_pix: bool = True, pad_type: s
   return patches.reshape(patches.shape[0], patches.shape[1], -1)
 
 
+def _normalise_patches(patches, count: int):
+  """(x - mean) / sqrt(var + eps) over axis 2 of [B, N, P, C]; var is unbiased over `count`
+  samples of which `patches` holds count / P copies of each (a repeated frame)."""
+  mean = patches.mean(axis=2, keepdims=True)
+  centred = patches - mean
+  repeats = count // patches.shape[2]
+  var = repeats * jnp.sum(jnp.square(centred), axis=2, keepdims=True) / (count - 1)
+  return centred * jax.lax.rsqrt(var + TARGET_EPS)
+
+
+def per_token_error(pred, pixels, patch_size, norm_pix: bool = True, pad_type: str = "repeat"):
+  """Mean squared error per token [B, N] between pred [B, N, pt*ph*pw*3] and the target.
+
+  An image padded by repeating its frame has pt identical target frames: the target of one frame
+  is computed (the unbiased variance counts the pt copies) and compared with each of the pt
+  slices of the prediction, so the repeated clip is never built. Otherwise the target is
+  reconstruction_target's.
+  """
+  pt, ph, pw = patch_size
+  image = pixels.ndim == 4 or pixels.shape[1] == 1
+  if not (image and pad_type == "repeat"):
+    target = reconstruction_target(pixels, patch_size, norm_pix, pad_type)
+    if pred.shape != target.shape:
+      raise ValueError(f"pred: expected shape {target.shape} for pixels {tuple(pixels.shape)} "
+                       f"and patch_size {tuple(patch_size)}, got {tuple(pred.shape)}")
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+  frame = pixel_stats.denormalize(pixels.reshape(pixels.shape[0], *pixels.shape[-3:])
+                                  .astype(jnp.float32))
+  patches = einops.rearrange(frame, "b (h ph) (w pw) c -> b (h w) (ph pw) c", ph=ph, pw=pw)
+  if norm_pix:
+    patches = _normalise_patches(patches, pt * ph * pw)
+  batch, num_tokens = patches.shape[:2]
+  expected = (batch, num_tokens, pt * ph * pw * 3)
+  if pred.shape != expected:
+    raise ValueError(f"pred: expected shape {expected} for pixels {tuple(pixels.shape)} and "
+                     f"patch_size {tuple(patch_size)}, got {tuple(pred.shape)}")
+  target = patches.reshape(batch, num_tokens, 1, -1)  # [B, N, 1, ph*pw*3]
+  pred = pred.astype(jnp.float32).reshape(batch, num_tokens, pt, -1)  # [B, N, pt, ph*pw*3]
+  return jnp.mean(jnp.square(pred - target), axis=(2, 3))
+
+
 def reconstruction_loss(pred, pixels, mask, patch_size, norm_pix: bool = True,
                         pad_type: str = "repeat", sample_weights=None):
   """MSE per token, summed over masked tokens of the batch / number of masked tokens (SPEC §1.5).
@@ -125,13 +166,9 @@ def reconstruction_loss(pred, pixels, mask, patch_size, norm_pix: bool = True,
   sample_weights [B] (optional, e.g. the input pipeline's `valid` flags) scale each sample's
   masked tokens: a sample of weight 0 (a record that could not be decoded) costs nothing.
   """
-  target = reconstruction_target(pixels, patch_size, norm_pix, pad_type)
-  if pred.shape != target.shape:
-    raise ValueError(f"pred: expected shape {target.shape} for pixels {tuple(pixels.shape)} and "
-                     f"patch_size {tuple(patch_size)}, got {tuple(pred.shape)}")
-  if mask.shape != target.shape[:2]:
-    raise ValueError(f"mask: expected shape {target.shape[:2]}, got {tuple(mask.shape)}")
-  per_token = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # [B, N]
+  per_token = per_token_error(pred, pixels, patch_size, norm_pix, pad_type)  # [B, N]
+  if mask.shape != per_token.shape:
+    raise ValueError(f"mask: expected shape {per_token.shape}, got {tuple(mask.shape)}")
   weights = mask.astype(jnp.float32)
   if sample_weights is not None:
     weights = weights * jnp.asarray(sample_weights, jnp.float32)[:, None]

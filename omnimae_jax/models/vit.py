@@ -2,6 +2,7 @@
 import dataclasses
 from typing import Optional, Tuple
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -104,22 +105,53 @@ def as_clip(pixels, num_frames: int, pad_type: str):
 
 
 class PatchEmbed(nn.Module):
-  """Conv3d with kernel = stride = patch size, on NTHWC; tokens flattened in raster (t, h, w)."""
+  """Conv3d with kernel = stride = patch size on NTHWC; tokens flattened in raster (t, h, w).
+
+  The parameters are those of `nn.Conv(features, kernel_size=patch_size)` ('proj/kernel'
+  [pt, ph, pw, C, D], 'proj/bias' [D]); the convolution is computed as what it is, one matmul of
+  the patchified pixels [B, N, pt*ph*pw*C] with the kernel viewed as [pt*ph*pw*C, D]. On XLA:CPU
+  that is faster than the strided convolution and its weight gradient (it skips their layout
+  copies). An image padded to a clip by *repeating* its frame gives the same tokens as the image
+  times the kernel summed over time, so images never build the repeated clip and do half the
+  multiply-adds; a zero-padded image only meets the kernel's first time slice.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, pixels):
+    return PatchProjection(self.config, name="proj")(pixels)
+
+
+class PatchProjection(nn.Module):
+  """The parameters of PatchEmbed, named as nn.Conv names them (a converter stays a table)."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, pixels):
     cfg = self.config
-    clip = as_clip(pixels, cfg.patch_size[0], cfg.pad_type)
     fan_in = cfg.pixels_per_patch
-    tokens = nn.Conv(
-        cfg.width, kernel_size=cfg.patch_size, strides=cfg.patch_size, padding="VALID",
-        dtype=cfg.dtype, name="proj",
-        kernel_init=layers.partitioned(layers.xavier_uniform(fan_in, cfg.width),
-                                       (None, None, None, None, "embed")),
-        bias_init=layers.partitioned(layers.uniform_bias(fan_in), ("embed",)))(clip)
-    batch, t, h, w, width = tokens.shape
-    return tokens.reshape(batch, t * h * w, width)  # [B, N, D]
+    kernel = self.param(
+        "kernel", layers.partitioned(layers.xavier_uniform(fan_in, cfg.width),
+                                     (None, None, None, None, "embed")),
+        (*cfg.patch_size, 3, cfg.width))  # [pt, ph, pw, C, D]
+    bias = self.param("bias", layers.partitioned(layers.uniform_bias(fan_in), ("embed",)),
+                      (cfg.width,))
+    return project_patches(pixels, kernel, bias, cfg.pad_type, cfg.dtype)
+
+
+def project_patches(pixels, kernel, bias, pad_type: str, dtype):
+  """pixels [B,H,W,C] or [B,T,H,W,C], kernel [pt,ph,pw,C,D], bias [D] -> tokens [B, N, D]."""
+  pt, ph, pw = kernel.shape[:3]
+  if pixels.ndim == 5 and pixels.shape[1] == 1:
+    pixels = pixels[:, 0]
+  if pixels.ndim == 4:  # an image: as_clip(pixels, pt, pad_type) folded into the kernel
+    kernel = kernel.sum(axis=0) if pad_type == "repeat" else kernel[0]  # [ph, pw, C, D]
+    patches = einops.rearrange(pixels, "b (h ph) (w pw) c -> b (h w) (ph pw c)", ph=ph, pw=pw)
+  else:
+    patches = einops.rearrange(pixels, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)",
+                               pt=pt, ph=ph, pw=pw)
+  kernel = kernel.reshape(-1, kernel.shape[-1]).astype(dtype)  # [(pt) ph pw C, D]
+  return patches.astype(dtype) @ kernel + bias.astype(dtype)  # [B, N, D]
 
 
 def gather_tokens(tokens, keep_idx):
