@@ -25,12 +25,12 @@ def test_only_fields_that_move_the_schedule_or_data_count_as_changes():
 
 def test_a_resume_with_changed_epochs_is_refused_then_allowed_and_reported(demo_data_dir,
                                                                            tmp_path):
-  config = small_config(demo_data_dir, total_steps=0, epochs=1)
+  config = small_config(demo_data_dir, "images", total_steps=0, epochs=1)
   run(config, tmp_path, stop_at_step=2)
   stored = run_config.read(tmp_path)
   assert stored["epochs"] == 1 and stored == run_config.as_dict(config)
 
-  changed = small_config(demo_data_dir, total_steps=0, epochs=2)
+  changed = small_config(demo_data_dir, "images", total_steps=0, epochs=2)
   with pytest.raises(ConfigError, match=r"epochs 1 -> 2; .*--allow_config_change") as error:
     run(changed, tmp_path, stop_at_step=3)
   assert "\n" not in str(error.value)
@@ -50,7 +50,7 @@ def test_a_resume_with_changed_epochs_is_refused_then_allowed_and_reported(demo_
 
 def test_main_refuses_a_changed_resume_in_one_line(demo_data_dir, tmp_path):
   base = demo_flags(demo_data_dir, tmp_path, "--config.total_steps=2",
-                    "--config.evals.knn.every_steps=1000")
+                    "--config.evals.knn.every_steps=1000", sources="images")
   proc = main_py(*base, "--stop_at_step=1")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
