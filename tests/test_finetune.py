@@ -10,28 +10,11 @@ import pytest
 
 from configs import common, demo_finetune, demo_omni
 from omnimae_jax import pretrained
-from omnimae_jax.data import sources as sources_lib
 from omnimae_jax.train import checkpoint as checkpoint_lib
 from omnimae_jax.train import evaluate, loop
+from test_train import demo_data_dir, set_fields
 
-
-@pytest.fixture(scope="module")
-def demo_data_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  for name in ("omnimae_demo/images", "omnimae_demo/videos"):
-    sources_lib.ensure_built(name, data_dir)
-  return data_dir
-
-
-def set_fields(config, changes):
-  with config.unlocked():
-    for key, value in changes.items():
-      target = config
-      *parents, leaf = key.split(".")
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
-  return config
+assert demo_data_dir  # the session fixture, imported so that pytest finds it here
 
 
 @pytest.fixture(scope="module")

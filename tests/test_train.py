@@ -45,12 +45,13 @@ def small_config(data_dir, sources="both", **changes):
     config.recon_every_steps = 0
     config.checkpoint.every_steps = 3
     config.evals = {}  # the k-NN probe has a test of its own
-    for key, value in changes.items():
-      target = config
-      *parents, leaf = key.split(".")
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
+  return set_fields(config, changes)
+
+
+def set_fields(config, changes):
+  """The config with dotted fields ('optim.lr') set: what --config.optim.lr=... does."""
+  with config.unlocked():
+    config.update_from_flattened_dict(changes)
   return config
 
 

@@ -13,7 +13,6 @@ whose short side exceeds N (never enlarging one). A file that cannot be decoded 
 counted like a corrupt video.
 """
 import dataclasses
-import functools
 import io
 import os
 
@@ -21,7 +20,6 @@ from absl import logging
 from PIL import Image, ImageOps
 import tensorflow_datasets as tfds
 
-from omnimae_jax.data import video_io
 from omnimae_jax.data.builders import named_configs, video_builder
 from omnimae_jax.data.errors import DatasetNotPreparedError, LabelFileMismatchError
 
@@ -156,11 +154,6 @@ class ImageFolder(named_configs.NamedConfigs, video_builder.ManualDirBuilder,
   CONFIG_CLASS = ImageFolderConfig
   DEFAULT_SHORT_SIDE = 0
 
-  def __init__(self, *, num_workers=None, **kwargs):
-    self._num_workers = num_workers or os.cpu_count() or 1
-    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
-    super().__init__(**kwargs)
-
   def _info(self):
     features = tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(None, None, 3)),  # JPEG or PNG bytes as stored
@@ -185,15 +178,7 @@ class ImageFolder(named_configs.NamedConfigs, video_builder.ManualDirBuilder,
             for split, split_items in items.items()}
 
   def _generate_examples(self, items, split):
-    skipped = self.skipped_files.setdefault(split, [])
-    config = self.builder_config
-    encode = functools.partial(_encode_item, short_side=config.short_side,
-                               jpeg_quality=config.jpeg_quality)
-    for item, payload, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
-      if payload is None:
-        logging.warning("%s/%s: skipping undecodable image: %s", self.name, split, reason)
-        skipped.append((item.path, reason))
-        continue
+    for item, payload in self._encoded(items, split, _encode_item, "image"):
       yield item.key, {"image": payload, "label": item.label, "id": item.key}
-    logging.info("%s/%s: %d of %d images stored", self.name, split, len(items) - len(skipped),
-                 len(items))
+    logging.info("%s/%s: %d of %d images stored", self.name, split,
+                 len(items) - len(self.skipped_files[split]), len(items))

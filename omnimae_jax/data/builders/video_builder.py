@@ -68,9 +68,30 @@ def _encode_item(item, short_side, jpeg_quality):
 
 class ManualDirBuilder:
   """Mixin of our builders that read only a manual dir: TFDS's download messages and its
-  many-line missing-manual-dir error, said in one line. Subclasses set LAYOUT."""
+  many-line missing-manual-dir error, said in one line; files encoded `num_workers` at a time
+  (default: all CPUs), the undecodable ones skipped and listed. Subclasses set LAYOUT."""
   # One line saying what the manual dir holds; error messages and `prepare --help` quote it.
   LAYOUT = ""
+
+  def __init__(self, *, num_workers=None, **kwargs):
+    self._num_workers = num_workers or os.cpu_count() or 1
+    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
+    super().__init__(**kwargs)
+
+  def _encoded(self, items, split, encode_item, what):
+    """(item, payload) of each item in order; encode_item(item, short_side, jpeg_quality) gives
+    (item, payload or None, reason). A file that does not decode is logged and kept in
+    skipped_files[split]."""
+    skipped = self.skipped_files.setdefault(split, [])
+    config = self.builder_config
+    encode = functools.partial(encode_item, short_side=config.short_side,
+                               jpeg_quality=config.jpeg_quality)
+    for item, payload, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
+      if payload is None:
+        logging.warning("%s/%s: skipping undecodable %s: %s", self.name, split, what, reason)
+        skipped.append((item.path, reason))
+        continue
+      yield item, payload
 
   # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared to ..."
   # around a build; ours only read the manual dir, so they say that instead.
@@ -116,11 +137,6 @@ class VideoClassificationBuilder(ManualDirBuilder, tfds.core.GeneratorBasedBuild
         features=video_features(tfds.features.ClassLabel()),
         supervised_keys=("video", "label"), homepage=self.HOMEPAGE)
 
-  def __init__(self, *, num_workers=None, **kwargs):
-    self._num_workers = num_workers or os.cpu_count() or 1
-    self.skipped_files = {}  # split name -> [(path, reason)], filled while building
-    super().__init__(**kwargs)
-
   def _set_class_names(self, names):
     self.info.features["label"].names = list(names)
 
@@ -140,17 +156,10 @@ class VideoClassificationBuilder(ManualDirBuilder, tfds.core.GeneratorBasedBuild
             for split, items in items_per_split.items()}
 
   def _generate_examples(self, items, split):
-    skipped = self.skipped_files.setdefault(split, [])
-    config = self.builder_config
-    encode = functools.partial(_encode_item, short_side=config.short_side,
-                               jpeg_quality=config.jpeg_quality)
-    for item, clip, reason in video_io.ordered_parallel_map(encode, items, self._num_workers):
-      if clip is None:
-        logging.warning("%s/%s: skipping undecodable video: %s", self.name, split, reason)
-        skipped.append((item.path, reason))
-        continue
+    for item, clip in self._encoded(items, split, _encode_item, "video"):
       yield item.key, {"video": clip.frames, "fps": np.float32(clip.fps), "label": item.label,
                        "id": item.key}
+    skipped = self.skipped_files[split]
     if skipped:
       logging.warning("%s/%s: skipped %d of %d videos that could not be decoded: %s", self.name,
                       split, len(skipped), len(items), [path for path, _ in skipped])
