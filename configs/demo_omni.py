@@ -32,9 +32,10 @@ def get_config(arg=None):
   config.checkpoint.every_steps = 200
   config.log_every_steps = 20
   config.recon_every_steps = 200
-  # The k-NN probe of the encoder on the labelled demo images (4 shapes; chance is 25%).
+  # The k-NN probe of the encoder on the labelled demo images (4 shapes; chance is 25%): the 2000
+  # training images vote for each of the 1000 validation images (top-1 within about +-1.6%).
   config.evals = {"knn": common.knn_eval("omnimae_demo/images", train_split="train",
                                          val_split="validation", image_size=64,
-                                         every_steps=100, batch_size=200)}
+                                         every_steps=200, batch_size=200)}
   config.lock()
   return config

@@ -19,6 +19,8 @@ from omnimae_jax.data._tf import tf
 from omnimae_jax.data.builders import kinetics
 
 PATCH_SIZE = (2, 8, 8)
+# The first 200 of the demo's 1000 validation images: what the data and training tests read.
+DEMO_IMAGE_VALIDATION = "validation[:200]"
 IMAGENET_SYNSETS = ("n01440764", "n01443537")  # the first two classes of labels.txt
 IMAGENET_TRAIN_PER_SYNSET = 6
 IMAGENET_CORRUPT_TRAIN = 1

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import pytest
 
-from data_fixtures import (PATCH_SIZE, copy_prepared, damage_media, data, garbage_bytes,
+from data_fixtures import (DEMO_IMAGE_VALIDATION, PATCH_SIZE, copy_prepared, damage_media, data, garbage_bytes,
                            record_payloads, rewrite_records, small_source_config, truncated_jpeg)
 from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline, sources, transforms
@@ -24,7 +24,7 @@ from omnimae_jax.train import checkpoint, loop
 
 assert data  # the session fixture, imported so that pytest finds it here
 
-CORRUPT_EVERY = 20  # of the demo validation splits (200 images, 100 clips): 5%
+CORRUPT_EVERY = 20  # of the demo validation records read (200 images, 100 clips): 5%
 # A damaged file must fail well within this; a hang (the old ignore_errors retrying a sticky
 # read error forever) fails the test instead of blocking it.
 DEADLINE_SECONDS = 30
@@ -37,7 +37,8 @@ def _source(data_dir, cfg, name="source"):
 
 def _image_config(**overrides):
   # 25 batches of 8: each of the 200 records exactly once per epoch.
-  return small_source_config("image", "omnimae_demo/images", split="validation", **overrides)
+  return small_source_config("image", "omnimae_demo/images", split=DEMO_IMAGE_VALIDATION,
+                             **overrides)
 
 
 def _video_config():
@@ -62,7 +63,8 @@ def _damage_every_20th_record(builder, media_key):
       damage_media(example, media_key, damages[(position // CORRUPT_EVERY) % 2])
 
   rewrite_records(path, change)
-  num_records = builder.info.splits["validation"].num_examples
+  split = DEMO_IMAGE_VALIDATION if media_key == "image" else "validation"
+  num_records = builder.info.splits[split].num_examples  # the records the tests read
   return {f"{os.path.basename(path)}__{position}"
           for position in range(0, num_records, CORRUPT_EVERY)}
 
@@ -233,7 +235,7 @@ def test_too_many_corrupt_records_stop_the_run_with_a_clear_error(corrupt_images
   # 10 of 200 records (5%) are corrupt: past 2% by the end of the epoch at the latest.
   with pytest.raises(CorruptDataError,
                      match=r"data source 'in1k': \d+ of the \d+ records .* omnimae_demo/images "
-                           r"validation .* max_corrupt_fraction=0.02"):
+                           r"validation\[:200\] .* max_corrupt_fraction=0.02"):
     for _ in source.batches(0):
       pass
 
@@ -276,7 +278,7 @@ def _pretraining_over(data_dir, total_steps):
   with config.unlocked():
     config.data.data_dir = data_dir
     source = config.data.sources.images
-    source.update(split="validation", batch_size=8, image_size=32, shuffle_buffer=64)
+    source.update(split=DEMO_IMAGE_VALIDATION, batch_size=8, image_size=32, shuffle_buffer=64)
     config.model.img_size = 32
     config.total_steps = total_steps
     config.log_every_steps = 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_fixtures import PATCH_SIZE, data, small_source_config
+from data_fixtures import DEMO_IMAGE_VALIDATION, PATCH_SIZE, data, small_source_config
 from omnimae_jax.data import masking, pipeline, sources, synthetic_files
 
 assert data  # the session fixture, imported so that pytest finds it here
@@ -33,7 +33,7 @@ def _assert_same_batches(first, second):
 @pytest.fixture(scope="module")
 def image_source(data):
   return _source(data, "images", small_source_config("image", "omnimae_demo/images",
-                                                     split="validation"))
+                                                     split=DEMO_IMAGE_VALIDATION))
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,9 @@ def _ids(builder, split):
 
 def test_per_process_splits_are_disjoint_and_cover_the_split(data):
   builder = sources.load_builder("omnimae_demo/images", data["data_dir"])
-  all_ids = _ids(builder, "validation")
-  parts = [_ids(builder, sources.split_for_process("validation", index, 3)) for index in range(3)]
+  all_ids = _ids(builder, DEMO_IMAGE_VALIDATION)
+  parts = [_ids(builder, sources.split_for_process(DEMO_IMAGE_VALIDATION, index, 3))
+           for index in range(3)]
   assert sum(len(part) for part in parts) == len(all_ids) == 200
   assert set().union(*map(set, parts)) == set(all_ids)
   for index, part in enumerate(parts):
@@ -128,7 +129,8 @@ def test_per_process_splits_are_disjoint_and_cover_the_split(data):
 
 
 def test_each_process_gets_a_slice_of_the_global_batch_and_the_same_step_count(data):
-  cfg = small_source_config("image", "omnimae_demo/images", split="validation", batch_size=12)
+  cfg = small_source_config("image", "omnimae_demo/images", split=DEMO_IMAGE_VALIDATION,
+                            batch_size=12)
   hosts = [_source(data, "images", cfg, process_index=index, process_count=3)
            for index in range(3)]
   assert {host.steps_per_epoch for host in hosts} == {200 // 12}
@@ -140,7 +142,8 @@ def test_each_process_gets_a_slice_of_the_global_batch_and_the_same_step_count(d
 
 
 def test_batch_and_dataset_sizes_that_cannot_work_are_rejected(data):
-  cfg = small_source_config("image", "omnimae_demo/images", split="validation", batch_size=8)
+  cfg = small_source_config("image", "omnimae_demo/images", split=DEMO_IMAGE_VALIDATION,
+                            batch_size=8)
   with pytest.raises(ValueError, match="not divisible by the 3 processes"):
     _source(data, "images", cfg, process_index=0, process_count=3)
   cfg = small_source_config("video", "omnimae_demo/videos", split="validation", batch_size=8,

@@ -12,6 +12,7 @@ from configs import common, demo_finetune, demo_omni
 from omnimae_jax import pretrained
 from omnimae_jax.train import checkpoint as checkpoint_lib
 from omnimae_jax.train import evaluate, loop
+from data_fixtures import DEMO_IMAGE_VALIDATION
 from test_train import demo_data_dir, set_fields
 
 assert demo_data_dir  # the session fixture, imported so that pytest finds it here
@@ -34,7 +35,8 @@ def finetune_config(data_dir, init, **changes):
       "data.data_dir": data_dir, "total_steps": 4, "log_every_steps": 1,
       "checkpoint.every_steps": 2, "data.sources.train.batch_size": 16,
       "data.sources.train.shuffle_buffer": 64, "evals.val.every_steps": 1000,
-      "evals.val.source.batch_size": 40, **changes})
+      "evals.val.source.batch_size": 40, "evals.val.source.split": DEMO_IMAGE_VALIDATION,
+      **changes})
 
 
 def metrics(workdir):

@@ -29,7 +29,8 @@ def classifier(**overrides):
 
 
 def fresh_params(model, seed=0):
-  init = jax.jit(lambda rng: nn.unbox(model.init(rng, *state_lib.init_inputs(model))["params"]))
+  init = jax.jit(lambda rng: nn.unbox(model.init(rng, *state_lib.init_inputs(model))["params"]),
+                 compiler_options=state_lib.init_compiler_options())
   return init(jax.random.PRNGKey(seed))
 
 

@@ -22,7 +22,7 @@ _SPLIT_SALT = {"train": 0, "validation": 1}
 class DemoConfig(tfds.core.BuilderConfig):
   modality: str = "image"
   num_train: int = 2000
-  num_validation: int = 200
+  num_validation: int = 1000
   size: int = 64
   num_frames: int = 16
   fps: float = 12.0
@@ -38,8 +38,10 @@ def _jpeg(pixels):
 class OmnimaeDemo(tfds.core.GeneratorBasedBuilder):
   """Synthetic shapes (images) and moving shapes (videos) for the demo and smoke tests."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.1.0": "Images: bright shapes on dark backgrounds, radius 0.2-0.38.",
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.2.0": "Images: 1000 validation images (200 before), so that the k-NN "
+                            "probe's top-1 is measured to about +-1.6% instead of +-3.5%.",
+                   "1.1.0": "Images: bright shapes on dark backgrounds, radius 0.2-0.38.",
                    "1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       DemoConfig(name="images", description="4 shapes, 64x64", modality="image"),
