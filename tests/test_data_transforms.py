@@ -96,6 +96,44 @@ def test_video_replicas_share_frames_and_differ_in_crop():
   assert np.abs(replicas[:, :1, ..., 0].astype(int) - replicas[..., 0]).max() <= 3
 
 
+@pytest.mark.parametrize("num_replicas", [1, 4])
+def test_video_replicas_from_the_decoded_region_equal_those_from_whole_frames(num_replicas):
+  # The pipeline decodes only the window its replicas' crops cover (plus a pixel: see
+  # transforms.decode_region); the replicas must be bit-identical to those cut from whole
+  # frames. Textured 4:2:0 frames, so that chroma upsampling at a window's edge would show.
+  frames = synthetic_files.scene_frames(6, 60, 90, seed=3)
+  encoded = tf.constant([synthetic_files.jpeg_bytes(frame, quality=60) for frame in frames])
+  options = dict(num_replicas=num_replicas, short_side=64, crop_scale=(0.08, 1.0),
+                 crop_ratio=(3 / 4, 4 / 3))
+  indices = tf.constant([0, 2, 3, 5])
+  smaller = 0
+  for draw in range(12):
+    seed = _seed(7, draw)
+    whole = transforms.train_video_replicas(transforms.decode_frames(encoded, indices, 4), seed,
+                                            image_size=16, flip=False, **options)
+    height, width = transforms.frame_shape(encoded, indices).numpy()
+    assert (height, width) == (60, 90)
+    boxes = transforms.video_replica_boxes(height, width, seed, **options)
+    region = transforms.decode_region(boxes, height, width)
+    part = transforms.decode_frames(encoded, indices, 4, region)
+    assert part.shape[1:3] == tuple(region.numpy()[2:])
+    smaller += int(region[2] * region[3] < height * width)
+    from_region = transforms.train_video_replicas(
+        part, seed, image_size=16, flip=False,
+        boxes=boxes - tf.stack([region[0], region[1], 0, 0]), **options)
+    np.testing.assert_array_equal(from_region.numpy(), whole.numpy())
+  assert smaller >= 3  # the region saves decoding
+
+
+def test_stored_video_frames_are_shrunk_but_never_enlarged():
+  from omnimae_jax.data import video_io  # noqa: PLC0415  (PyAV, only for building)
+
+  assert video_io.scaled_size(240, 427, 256) == (240, 427)  # SSv2: kept at 240p
+  assert video_io.scaled_size(480, 854, 256) == (256, 455)
+  assert video_io.scaled_size(854, 480, 256) == (455, 256)
+  assert video_io.scaled_size(240, 427, 0) == (240, 427)
+
+
 def test_eval_image_resizes_the_short_side_and_centre_crops():
   pixels = np.zeros([40, 80, 3], np.uint8)
   pixels[:, 20:60] = 200  # the centre square of the short side

@@ -173,7 +173,7 @@ def test_bad_input_is_one_error_line(name, setup, tmp_path, capsys):
   assert status == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
   for text in expected:
     assert text in err, (text, err)
-  assert not list((tmp_path / "tfds").glob("**/1.0.0*"))  # nothing built, not even partly
+  assert not list((tmp_path / "tfds").glob("**/1.1.0*"))  # nothing built, not even partly
 
 
 def _num_train(name, data_dir):
@@ -187,12 +187,12 @@ def test_named_csv_datasets_coexist_and_overwrite_rebuilds_only_one(prepared, ca
   assert (_num_train(name_a, data_dir), _num_train(name_b, data_dir)) == (4, 2)
   _, clips_b = _examples(name_b, data_dir, "train", "video")
   frames = tfds.features.Image().decode_example(clips_b["clips/000000.mp4"]["video"][0])
-  assert frames.shape == (256, 341, 3)  # a NAME without size: frames at short side 256
+  assert frames.shape == (24, 32, 3)  # a NAME without size: short side <= 256, never enlarged
 
   # Pointing an existing name at other files says so, and changes nothing.
   status, out, _ = _prepare(capsys, name_a, prepared["clips_b"], data_dir)
   assert status == 0
-  assert f"{name_a} is already prepared in {data_dir}/video_csv/clips-original/1.0.0" in out
+  assert f"{name_a} is already prepared in {data_dir}/video_csv/clips-original/1.1.0" in out
   assert "nothing was built" in out and "add --overwrite" in out and "video_csv/NAME" in out
   assert _num_train(name_a, data_dir) == 4
 
@@ -201,7 +201,7 @@ def test_named_csv_datasets_coexist_and_overwrite_rebuilds_only_one(prepared, ca
   assert status == 2 and "no train.csv in manual dir" in err
   assert _num_train(name_a, data_dir) == 4
 
-  b_info = os.path.join(data_dir, "video_csv", "other", "1.0.0", "dataset_info.json")
+  b_info = os.path.join(data_dir, "video_csv", "other", "1.1.0", "dataset_info.json")
   b_written = os.path.getmtime(b_info)
   status, out, _ = _prepare(capsys, name_a, prepared["clips_b"], data_dir, "--overwrite")
   assert status == 0 and "train: 2 examples, 0 files skipped" in out

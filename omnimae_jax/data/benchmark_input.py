@@ -1,20 +1,28 @@
 """Input pipeline throughput: samples/s, images/s or clips/s, per CPU core, with and without
-replication. Measures the host pipeline alone (decode, crop, mask, batch), no device transfer.
+replication, and the stored bytes per clip or image. Measures the host pipeline alone (decode,
+crop, mask, batch), no device transfer.
 
   python -m omnimae_jax.benchmark input --tfds_name=omnimae_demo/videos --data_dir=/tmp/tfds
   python -m omnimae_jax.benchmark input --config=configs/demo_omni.py
   python -m omnimae_jax.benchmark input --synthetic=ssv2_like --synthetic_dir=/tmp/bench
+
+Per core is given two ways: by wall time over the cores this process may use (what a dedicated
+machine gives), and by the CPU time the process used (per CPU-second; it holds on a machine shared
+with other work, where wall time per core understates the pipeline).
 """
 import os
+import tarfile
 import time
 
 from omnimae_jax.config_file import load_config
 
 # Synthetic raw downloads, built once in --synthetic_dir with the real builders:
-# ssv2_like: 256-short-side stored clips (from 240x320 mp4 at 12 fps, 48 frames), read with the
-# paper's video recipe (16 frames, ShortSideScale 256, 224 crops); imagenet_like: 500x375 JPEGs.
+# ssv2_like: SSv2-like clips (427x240 VP9 .webm at 12 fps, 3-5 s, textured moving scenes: see
+# synthetic_files.scene_frames) stored by video_csv (--synthetic_config, default short256) and read
+# with the paper's video recipe (16 frames from 2.7 s, ShortSideScale 256, 224 crops);
+# imagenet_like: 500x375 textured JPEGs (~100 KB, like ImageNet's) through TFDS's imagenet2012.
 SYNTHETIC = {
-    "ssv2_like": dict(tfds_name="video_csv/short256", modality="video"),
+    "ssv2_like": dict(tfds_name="video_csv/{config}", modality="video"),
     "imagenet_like": dict(tfds_name="imagenet2012", modality="image"),
 }
 
@@ -44,29 +52,58 @@ def add_arguments(parser):
                       help="where --synthetic writes and builds (reused when present)")
   parser.add_argument("--synthetic_count", type=int, default=96,
                       help="videos or images in the synthetic dataset")
+  parser.add_argument("--synthetic_config", default="short256",
+                      help="ssv2_like: the video_csv config that stores the clips (short256, "
+                      "original, short160, or NAME[-shortN] for a dataset of its own)")
 
 
 def _cores():
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _build_synthetic(kind, root, count):
+def _synthetic_manual_dir(kind, root):
+  return os.path.join(root, f"manual_{kind}")
+
+
+def _build_synthetic(kind, root, count, tfds_name):
   """Writes the raw files and builds them once; returns the data_dir."""
   from omnimae_jax.data import prepare, synthetic_files  # noqa: PLC0415
 
   data_dir = os.path.join(root, "tfds")
-  manual_dir = os.path.join(root, f"manual_{kind}")
+  manual_dir = _synthetic_manual_dir(kind, root)
   if kind == "ssv2_like" and not os.path.exists(manual_dir):
-    synthetic_files.write_video_csv_manual_dir(
-        manual_dir, num_videos=count, num_classes=8, num_frames=48, height=240, width=320,
-        fps=12, noise_std=12.0)
+    synthetic_files.write_scene_manual_dir(manual_dir, num_videos=count, num_classes=8)
   if kind == "imagenet_like" and not os.path.exists(manual_dir):
     synsets = ("n01440764", "n01443537", "n01484850", "n01491361")
     synthetic_files.write_imagenet_manual_dir(
         manual_dir, synsets=synsets, images_per_synset=max(1, count // len(synsets)),
-        num_validation=1, height=375, width=500, noise_std=12.0)
-  prepare.prepare(SYNTHETIC[kind]["tfds_name"], data_dir=data_dir, manual_dir=manual_dir)
+        num_validation=1, height=375, width=500, texture_exponent=2.0)
+  prepare.prepare(tfds_name, data_dir=data_dir, manual_dir=manual_dir)
   return data_dir
+
+
+def _source_bytes_per_example(kind, root):
+  """Mean bytes of the synthetic raw files (a video file, a JPEG inside the ImageNet tars)."""
+  manual_dir = _synthetic_manual_dir(kind, root)
+  if kind == "ssv2_like":
+    folder = os.path.join(manual_dir, "clips")
+    sizes = [os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)]
+  else:
+    sizes = []
+    with tarfile.open(os.path.join(manual_dir, "ILSVRC2012_img_train.tar")) as train_tar:
+      for member in train_tar:
+        with tarfile.open(fileobj=train_tar.extractfile(member)) as synset_tar:
+          sizes += [image.size for image in synset_tar]
+  return sum(sizes) / max(1, len(sizes))
+
+
+def stored_bytes_per_example(tfds_name, data_dir, split):
+  """Mean bytes per example of a prepared split's files (TFRecord framing included)."""
+  from omnimae_jax.data import sources  # noqa: PLC0415
+
+  info = sources.ensure_built(tfds_name, data_dir).info
+  split_info = info.splits[split]
+  return split_info.num_bytes / max(1, split_info.num_examples)
 
 
 def _flag_source(args, tfds_name, data_dir):
@@ -99,8 +136,9 @@ def _settings(args):
   patch_size = tuple(int(v) for v in args.patch_size.split(","))
   tfds_name, data_dir = args.tfds_name, args.data_dir
   if args.synthetic:
-    data_dir = _build_synthetic(args.synthetic, args.synthetic_dir, args.synthetic_count)
-    tfds_name = SYNTHETIC[args.synthetic]["tfds_name"]
+    tfds_name = SYNTHETIC[args.synthetic]["tfds_name"].format(config=args.synthetic_config)
+    data_dir = _build_synthetic(args.synthetic, args.synthetic_dir, args.synthetic_count,
+                                tfds_name)
     args.modality = SYNTHETIC[args.synthetic]["modality"]
   cfg = _flag_source(args, tfds_name, data_dir)
   return [(tfds_name, cfg, data_dir, patch_size, args.seed)]
@@ -125,35 +163,57 @@ def _make_source_with_enough_steps(name, cfg, data_dir, patch_size, seed, steps_
 
 
 def measure(source, warmup_steps, steps):
-  """Seconds for `steps` batches after `warmup_steps` (the warm-up fills the shuffle buffer)."""
+  """(wall seconds, CPU seconds of this process, batch pixel shape) for `steps` batches after
+  `warmup_steps` (the warm-up fills the shuffle buffer)."""
   batches = source.dataset(0).as_numpy_iterator()
   for _ in range(warmup_steps):
     next(batches)
-  started = time.perf_counter()
+  started, cpu_started = time.perf_counter(), time.process_time()
   for _ in range(steps):
     batch = next(batches)
-  return time.perf_counter() - started, batch["pixels"].shape
+  return (time.perf_counter() - started, time.process_time() - cpu_started,
+          batch["pixels"].shape)
+
+
+def _stored_size_line(name, cfg, data_dir, args):
+  unit = "clip" if cfg.modality == "video" else "image"
+  stored = stored_bytes_per_example(cfg.tfds_name, data_dir, cfg.split)
+  line = f"{name:<28} stored: {stored / 1e3:.1f} KB per {unit}"
+  if args.synthetic and not args.config:
+    source = _source_bytes_per_example(args.synthetic, args.synthetic_dir)
+    kind = "video file" if cfg.modality == "video" else "JPEG"
+    line += f" = {stored / source:.2f}x the source {kind} ({source / 1e3:.1f} KB per {unit})"
+  return line
 
 
 def run(args):
   settings = _settings(args)  # builds synthetic data first, so its log precedes the table
   cores = _cores()
   print(f"input pipeline benchmark: {cores} CPU cores, {args.steps} timed batches per setting "
-        f"after {args.warmup_steps} warm-up batches")
+        f"after {args.warmup_steps} warm-up batches; /core = per core by wall time, /cpu-s = "
+        "per CPU-second this process used")
   header = (f"{'source':<28} {'replicas':>8} {'batch pixels':<24} {'samples/s':>10} "
-            f"{'decoded/s':>10} {'samples/s/core':>15} {'decoded/s/core':>15}")
+            f"{'decoded/s':>10} {'samples/s/core':>15} {'decoded/s/core':>15} "
+            f"{'samples/cpu-s':>14} {'decoded/cpu-s':>14}")
   print(header)
   print("-" * len(header))
+  size_lines = []
   for name, base_cfg, data_dir, patch_size, seed in settings:
     for replicas in _replica_counts(base_cfg, args.num_replicas):
       cfg = base_cfg.copy_and_resolve_references()
       cfg.num_replicas = replicas  # batch_size (samples per step) stays, clips per step shrink
       source = _make_source_with_enough_steps(name, cfg, data_dir, patch_size, seed,
                                               args.warmup_steps + args.steps)
-      seconds, pixel_shape = measure(source, args.warmup_steps, args.steps)
-      samples_per_second = args.steps * source.local_batch_size / seconds
+      seconds, cpu_seconds, pixel_shape = measure(source, args.warmup_steps, args.steps)
+      samples = args.steps * source.local_batch_size
+      samples_per_second = samples / seconds
       decoded_per_second = samples_per_second / replicas  # images or clips actually decoded
+      samples_per_cpu_second = samples / cpu_seconds
       unit = "clips" if cfg.modality == "video" else "images"
       print(f"{name:<28} {replicas:>8} {str(tuple(pixel_shape)):<24} {samples_per_second:>10.1f} "
             f"{decoded_per_second:>10.1f} {samples_per_second / cores:>15.1f} "
-            f"{decoded_per_second / cores:>15.1f}  ({unit})")
+            f"{decoded_per_second / cores:>15.1f} {samples_per_cpu_second:>14.1f} "
+            f"{samples_per_cpu_second / replicas:>14.1f}  ({unit})")
+    size_lines.append(_stored_size_line(name, base_cfg, data_dir, args))
+  for line in size_lines:
+    print(line)

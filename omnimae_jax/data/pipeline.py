@@ -5,7 +5,8 @@ shuffle records in a buffer, walk steps_per_epoch batches' worth of records, num
 ones already consumed (before any decoding), then turn every record into exactly one sample (with
 its replicas), with randomness drawn from (seed, epoch, process, record number) only, in two
 stages:
-  decode     read the header, choose the crop box or the frames, decode only those. An error
+  decode     read the header, choose the crop box or the frames (and the replicas' crop boxes),
+             decode only those (a video: the region the replicas' crops cover). An error
              here means a corrupt record: it becomes a placeholder of the same shapes (zero
              pixels, label -1, valid False) and keeps its slot.
   transform  resize, flip, replicas, masks. An error here is a bug and is raised.
@@ -177,10 +178,12 @@ class Source:
 
   def _decode(self, epoch_seed, index, record):
     """Decode stage: only the pixels the sample uses (image: the crop box [h, w, 3]; video: the
-    clip's frames [T, H, W, 3]). Any error here means the record is corrupt."""
+    region of the clip's frames that its replicas' crops cover [T, h, w, 3], and those crops,
+    `boxes` [R, 4] in the region). Any error here means the record is corrupt."""
     cfg = self.cfg
     pixel_seed, clip_seed, _ = _record_seeds(epoch_seed, index)
     media = record["media"]
+    extra = {}
     if self.modality == "image":
       crop_seed, _ = _crop_and_flip_seeds(pixel_seed)
       shape = transforms.decode_image_shape(media)  # reads the header only
@@ -191,15 +194,28 @@ class Source:
       frame_indices = transforms.clip_frame_indices(
           tf.shape(media)[0], record["fps"], clip_seed, num_frames=cfg.num_frames,
           clip_seconds=cfg.clip_seconds)
-      pixels = transforms.decode_frames(media, frame_indices, cfg.num_frames)
+      # The replicas' crops are drawn here (from the frames' size in the JPEG header) so that
+      # only their union is decoded: a region, once for all replicas.
+      height, width = tf.unstack(transforms.frame_shape(media, frame_indices))
+      boxes = transforms.video_replica_boxes(
+          height, width, pixel_seed, num_replicas=cfg.num_replicas, short_side=cfg.short_side,
+          crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio))
+      region = transforms.decode_region(boxes, height, width)
+      pixels = transforms.decode_frames(media, frame_indices, cfg.num_frames, region)
+      extra = {"boxes": boxes - tf.stack([region[0], region[1], 0, 0])}  # in the region
     return {"index": index, "pixels": pixels, "label": record["label"],
-            "valid": tf.constant(True), "record_id": record["record_id"]}
+            "valid": tf.constant(True), "record_id": record["record_id"], **extra}
 
   def _placeholder(self, index, record):
     """A corrupt record's stand-in: a black 1x1 crop (resized like any crop), label -1."""
-    size = [1, 1, 3] if self.modality == "image" else [self.cfg.num_frames, 1, 1, 3]
+    if self.modality == "image":
+      size, extra = [1, 1, 3], {}
+    else:
+      size = [self.cfg.num_frames, 1, 1, 3]
+      extra = {"boxes": tf.tile(tf.constant([[0, 0, 1, 1]], tf.int32),
+                                [self.cfg.num_replicas, 1])}
     return {"index": index, "pixels": tf.zeros(size, tf.uint8), "label": tf.constant(-1),
-            "valid": tf.constant(False), "record_id": record["record_id"]}
+            "valid": tf.constant(False), "record_id": record["record_id"], **extra}
 
   def _transform(self, epoch_seed, element):
     """Transform stage (its errors are raised: bugs, not bad data) -> {pixels [R, ...], mask
@@ -214,7 +230,8 @@ class Source:
       pixels = transforms.train_video_replicas(
           element["pixels"], pixel_seed, num_replicas=cfg.num_replicas,
           image_size=cfg.image_size, short_side=cfg.short_side,
-          crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), flip=cfg.flip)
+          crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), flip=cfg.flip,
+          boxes=element["boxes"])
     if cfg.rand_augment:
       pixels = self._rand_augment(pixels, pixel_seed)
     per_record = {key: tf.fill([cfg.num_replicas], element[key])

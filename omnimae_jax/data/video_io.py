@@ -28,8 +28,9 @@ class JpegClip:
 
 
 def scaled_size(height, width, short_side):
-  """(height, width) with the short side at `short_side` (0 = unchanged), aspect kept."""
-  if short_side <= 0 or min(height, width) == short_side:
+  """(height, width) with the short side shrunk to `short_side`, aspect kept; a frame whose short
+  side is already at most `short_side` (or short_side 0) keeps its size: never enlarged."""
+  if short_side <= 0 or min(height, width) <= short_side:
     return height, width
   scale = short_side / min(height, width)
   if height <= width:
@@ -53,12 +54,14 @@ def _fps_from_timestamps(frame_times):
 
 def _encode_jpeg(rgb_frame, quality):
   buffer = io.BytesIO()
-  Image.fromarray(rgb_frame).save(buffer, format="JPEG", quality=quality)
+  # optimize: per-image Huffman tables, ~3% fewer bytes for the same pixels and decode time.
+  Image.fromarray(rgb_frame).save(buffer, format="JPEG", quality=quality, optimize=True)
   return buffer.getvalue()
 
 
-def encode_jpeg_frames(path, *, short_side=256, jpeg_quality=90):
-  """Decode every frame of the video at `path`, resize to `short_side`, encode as JPEG.
+def encode_jpeg_frames(path, *, short_side=256, jpeg_quality=60):
+  """Decode every frame of the video at `path`, shrink it to `short_side` if larger (see
+  scaled_size), encode it as JPEG.
 
   Raises VideoDecodeError for anything that prevents a usable clip.
   """
@@ -90,17 +93,20 @@ def encode_jpeg_frames(path, *, short_side=256, jpeg_quality=90):
   return JpegClip(frames=frames, fps=float(fps), height=size[0], width=size[1])
 
 
-def write_video(path, frames, fps, codec="libvpx-vp9"):
+def write_video(path, frames, fps, codec="libvpx-vp9", options=None):
   """Encode uint8 [T, H, W, 3] frames to a video file (the container comes from the suffix).
 
   Used for synthetic data (tests, benchmarks); e.g. codec "libvpx-vp9" for .webm (as SSv2 ships)
-  and "libx264" or "mpeg4" for .mp4 (as Kinetics ships).
+  and "libx264" or "mpeg4" for .mp4 (as Kinetics ships). `options`: the encoder's own options,
+  e.g. {"crf": "32", "b": "0"} for constant-quality VP9.
   """
   frames = np.asarray(frames, dtype=np.uint8)
   with av.open(str(path), mode="w") as container:
     stream = container.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
     stream.height, stream.width = frames.shape[1], frames.shape[2]
     stream.pix_fmt = "yuv420p"
+    if options:
+      stream.options = dict(options)
     for rgb in frames:
       container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
     container.mux(stream.encode(None))  # flush the encoder

@@ -3,8 +3,9 @@
 Besides its fixed configs (e.g. `video_csv/short256`), a builder with named configs accepts any
 config name `NAME` or `NAME-SIZE`: NAME (letters, digits, `_`) names the dataset, stored under
 DATA_DIR/<builder>/<config name>/<version>, so two of them never overwrite each other. SIZE is
-`shortN` (frames or images stored with an N-pixel short side) or `original` (the files' size);
-without it the builder's default storage applies (videos short256, images as given).
+`shortN` (frames or images shrunk to an N-pixel short side, never enlarged) or `original` (the
+files' size); without it the builder's default storage applies (videos short256, images as
+given).
 """
 import re
 

@@ -52,7 +52,7 @@ def class_names_from_labels(labels):
 class VideoCsv(named_configs.NamedConfigs, video_builder.VideoClassificationBuilder):
   """Videos listed with their labels in train.csv / validation.csv / test.csv.
 
-  `video_csv/NAME` is a dataset of its own (frames stored at short side 256; NAME-short320,
+  `video_csv/NAME` is a dataset of its own (frames stored at short side <= 256; NAME-short320,
   NAME-original... pick another size); the fixed configs (short256, ...) are one unnamed dataset.
   """
 
