@@ -12,7 +12,8 @@ r"""Build a dataset once from its manual download: `python -m omnimae_jax.data.p
 Video datasets take a config name for the stored short side: short256 (default), short320,
 short160, short128 or original. Your own files (image_folder, video_csv) take a name of your
 choice instead, several per data_dir: image_folder/NAME (images kept as given) or
-video_csv/NAME (frames at a short side of at most 256); NAME-shortN or NAME-original picks another size.
+video_csv/NAME (frames at a short side of at most 256); NAME-shortN or NAME-original picks
+another size.
 
 A dataset already prepared is not rebuilt: the command says so and prints its splits. --overwrite
 rebuilds it from the manual dir into a staging folder and, once that succeeded, replaces only
