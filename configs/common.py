@@ -125,7 +125,9 @@ def pretrain_config(size, *, sources, epochs=800, lr=1.6e-3, compute_dtype="bflo
       num_frames=16,
       patch_size=(2, 14, 14) if size == "huge" else (2, 16, 16),
       remat="auto",  # none on CPU; on accelerators: video steps, large/huge models (models/remat.py)
-      attention="auto",  # cuDNN on CUDA where it can run, explicit on CPU, XLA otherwise
+      # cuDNN on CUDA where it can run, splash on TPU for sequences of 1024+ tokens, explicit on
+      # CPU, XLA otherwise (models/attention.py)
+      attention="auto",
   ))
   config.loss = ml_collections.ConfigDict(dict(norm_pix=True))
 

@@ -229,22 +229,26 @@ def is_out_of_memory(error) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def compile_step(step_fn, abstract_state, batch, batch_size, *, mesh, strategy) -> CompileResult:
-  """Lowers and compiles the loop's step for the devices its shardings name.
+def lower_step(step_fn, abstract_state, batch, *, mesh, strategy):
+  """Lowers the loop's step for the devices its shardings name.
 
   `step_fn` is make_train_step's jit inside steps.with_mesh_rules (which enters the mesh and the
   logical rules when called): the jit's own `lower` runs inside the same wrapper, so the step is
   traced exactly as the loop traces it, shardings and donation included.
   """
-  import jax  # noqa: PLC0415
-
   from omnimae_jax.train import steps as steps_lib  # noqa: PLC0415
 
   jitted = step_fn.__wrapped__  # set by functools.wraps in with_mesh_rules (one level only)
-  lower = steps_lib.with_mesh_rules(jitted.lower, mesh, strategy)
+  return steps_lib.with_mesh_rules(jitted.lower, mesh, strategy)(abstract_state, batch)
+
+
+def compile_step(step_fn, abstract_state, batch, batch_size, *, mesh, strategy) -> CompileResult:
+  """lower_step, then the target's compiler; an out-of-memory compile is a result, not an error."""
+  import jax  # noqa: PLC0415
+
   started = time.perf_counter()
   try:
-    compiled = lower(abstract_state, batch).compile()
+    compiled = lower_step(step_fn, abstract_state, batch, mesh=mesh, strategy=strategy).compile()
   except jax.errors.JaxRuntimeError as error:
     if not is_out_of_memory(error):
       raise
@@ -346,14 +350,25 @@ def make_plan(config, devices) -> Plan:
               source_shapes(config, model.config.patch_size))
 
 
-def compile_source(plan: Plan, name: str, batch_size: int) -> CompileResult:
-  """Compiles source `name`'s train step for a global batch of `batch_size` samples."""
+def source_step(plan: Plan, name: str, batch_size: int):
+  """(step_fn, abstract batch) of source `name`'s train step for a global batch of `batch_size`."""
   from omnimae_jax.train import loop, sharding  # noqa: PLC0415
 
   source = plan.sources[name]
   step_fn = loop.make_source_step(plan.config, plan.mode, plan.model, plan.tx, plan.schedule,
                                   source, plan.mesh, plan.shardings)
-  batch = abstract_batch(source, batch_size, sharding.batch_sharding(plan.mesh))
+  return step_fn, abstract_batch(source, batch_size, sharding.batch_sharding(plan.mesh))
+
+
+def lower_source(plan: Plan, name: str, batch_size: int):
+  """Source `name`'s train step lowered (jax.stages.Lowered: its text shows the kernels it calls)."""
+  step_fn, batch = source_step(plan, name, batch_size)
+  return lower_step(step_fn, plan.abstract_state, batch, mesh=plan.mesh,
+                    strategy=plan.config.sharding)
+
+
+def compile_source(plan: Plan, name: str, batch_size: int) -> CompileResult:
+  """Compiles source `name`'s train step for a global batch of `batch_size` samples."""
+  step_fn, batch = source_step(plan, name, batch_size)
   return compile_step(step_fn, plan.abstract_state, batch, batch_size, mesh=plan.mesh,
                       strategy=plan.config.sharding)
-

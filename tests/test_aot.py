@@ -77,3 +77,14 @@ def test_tiny_step_compiles_for_v5e_and_a_huge_batch_does_not_fit(capsys):
   assert status == 1, out
   row = next(line for line in out.splitlines() if line.startswith("images"))
   assert row.split()[1] == str(16 << 16) and " no " in row
+
+
+def test_the_splash_setting_runs_the_pallas_kernel_per_device_in_a_v5e_step():
+  from omnimae_jax.config_file import load_config  # noqa: PLC0415
+
+  devices = aot.target_devices(aot.parse_target("v5e:2x2"))
+  config = aot.apply_overrides(load_config(DEMO), ["model.attention=splash"])
+  plan = aot.make_plan(aot.set_batch(config, 2, len(devices)), devices)
+  text = aot.lower_source(plan, "images", 2 * len(devices)).as_text()
+  assert "tpu_custom_call" in text  # the Pallas kernel ('auto' vs 'xla': tests/test_attention.py)
+  assert "sdy.manual_computation" in text  # shard_map: each device on its own samples

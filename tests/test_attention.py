@@ -1,5 +1,6 @@
 """model.attention (which kernel) and model.remat (what is recomputed): issues 11.2, 13.x."""
 import dataclasses
+import functools
 import types
 
 import jax
@@ -15,6 +16,7 @@ from omnimae_jax.train import checkpoint, state as state_lib
 
 SMALL = dict(img_size=32, num_frames=4, patch_size=(2, 8, 8))
 CUDNN_CALL = "__cudnn$fmha"
+MOSAIC_CALL = "tpu_custom_call"  # how a Pallas TPU kernel appears in lowered StableHLO
 
 
 def qkv(head_dim, dtype, seed=0, length=50, heads=3):
@@ -46,6 +48,20 @@ def test_explicit_and_xla_in_bfloat16_are_near_the_float32_result(head_dim):
     grad = query_grad(fn, jnp.bfloat16)
     assert grad.dtype == jnp.bfloat16
     np.testing.assert_allclose(grad.astype(jnp.float32), reference_grad, atol=6e-2, rtol=5e-2)
+
+
+def test_splash_matches_explicit_with_padded_sequences_values_and_gradients():
+  # 150 tokens: two kernel tiles of 128, the second mostly padding; head dim 24 (ViT-B decoder).
+  q, k, v = qkv(24, jnp.float32, length=150, heads=2)
+
+  def output_and_grads(fn):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, *vjp(out)
+
+  splash = functools.partial(attention.splash_attention, interpret=True)
+  for a, b in zip(jax.jit(lambda: output_and_grads(splash))(),
+                  jax.jit(lambda: output_and_grads(attention.explicit_attention))()):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def pretrain_inputs(batch=2, frames=4, visible=4):
@@ -98,6 +114,22 @@ def test_check_attention_refuses_cudnn_where_it_cannot_run():
     assert reason in str(error.value)
 
 
+def test_check_attention_refuses_splash_off_tpu_and_in_float16():
+  for dtype in ("bfloat16", "float32"):
+    attention.check_attention(models.model_config("huge", attention="splash",
+                                                  compute_dtype=dtype), "tpu")
+  failing = [("bfloat16", "cpu", "platform 'cpu' (splash needs a TPU)"),
+             ("bfloat16", "gpu", "platform 'gpu'"),
+             ("float16", "tpu", "compute dtype float16")]
+  for dtype, platform, reason in failing:
+    model_cfg = models.model_config("base", attention="splash", compute_dtype=dtype)
+    with pytest.raises(ValueError, match=r"model\.attention='splash' cannot run here.*Allowed: "
+                       r"'auto'.*'splash' with compute_dtype in \('bfloat16', 'float32'\) on a "
+                       r"TPU") as error:
+      attention.check_attention(model_cfg, platform)
+    assert reason in str(error.value)
+
+
 def test_auto_and_the_xla_settings_pass_the_check_everywhere():
   for setting in ("auto", "xla", "explicit"):
     for platform in ("cpu", "gpu", "cuda", "tpu"):
@@ -107,10 +139,12 @@ def test_auto_and_the_xla_settings_pass_the_check_everywhere():
         attention.check_attention(model_cfg, platform)
 
 
-def test_explicit_cudnn_with_float32_fails_while_tracing_not_compiling():
-  model = models.build("tiny", attention="cudnn", **SMALL)
-  with pytest.raises(ValueError, match=r"model\.attention='cudnn' cannot take compute dtype"):
-    jax.eval_shape(model.init, jax.random.PRNGKey(0), *pretrain_inputs())
+def test_explicit_fused_kernels_refuse_a_dtype_while_tracing_not_compiling():
+  for setting, dtype in (("cudnn", "float32"), ("splash", "float16")):
+    model = models.build("tiny", attention=setting, compute_dtype=dtype, **SMALL)
+    with pytest.raises(ValueError, match=rf"model\.attention='{setting}' cannot take compute "
+                       rf"dtype {dtype} .*; use 'auto'"):
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), *pretrain_inputs())
 
 
 @pytest.fixture
@@ -149,7 +183,43 @@ def test_auto_lowers_to_cudnn_for_cuda_only_with_bfloat16(cudnn_version):
   assert attention.cudnn_available()
   assert CUDNN_CALL in lowered_train_step("cuda", "bfloat16")
   assert CUDNN_CALL not in lowered_train_step("cuda", "float32")
-  assert CUDNN_CALL not in lowered_train_step("cpu", "bfloat16")
+  on_cpu = lowered_train_step("cpu", "bfloat16")
+  assert CUDNN_CALL not in on_cpu and MOSAIC_CALL not in on_cpu
+
+
+def lowered_attention_gradient(platform, setting="auto", dtype=jnp.bfloat16, length=1568):
+  """The text of attend's gradient for 3 heads of 24, lowered for `platform` (nothing runs)."""
+  q = jnp.zeros((2, length, 3, 24), dtype)
+  loss = lambda *qkv: jnp.sum(attention.attend(*qkv, setting).astype(jnp.float32))
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, q, q).lower(
+      lowering_platforms=(platform,)).as_text()
+
+
+def test_auto_takes_xla_on_cuda_for_odd_lengths_and_cudnn_refuses_them(cudnn_version):
+  cudnn_version(90100)
+  assert CUDNN_CALL in lowered_attention_gradient("cuda", length=80)
+  # The ViT-B video encoder's 79 visible tokens: cuDNN's training kernel (jax 0.10.2) raises.
+  assert CUDNN_CALL not in lowered_attention_gradient("cuda", length=79)
+  with pytest.raises(ValueError, match="model.attention='cudnn' cannot take sequence length 79"):
+    lowered_attention_gradient("cuda", "cudnn", length=79)
+
+
+def test_auto_lowers_long_sequences_to_the_splash_kernel_for_tpu_in_bf16_and_fp32_only():
+  assert MOSAIC_CALL in lowered_attention_gradient("tpu")
+  assert MOSAIC_CALL in lowered_attention_gradient("tpu", dtype=jnp.float32)
+  assert MOSAIC_CALL not in lowered_attention_gradient("tpu", dtype=jnp.float16)  # XLA instead
+  assert MOSAIC_CALL not in lowered_attention_gradient("tpu", "xla")
+  assert MOSAIC_CALL not in lowered_attention_gradient("cpu")
+  # Short sequences stay with XLA under 'auto' (padding them costs more than their logits).
+  short = attention.SPLASH_MIN_LENGTH - 1
+  assert MOSAIC_CALL not in lowered_attention_gradient("tpu", length=short)
+  assert MOSAIC_CALL in lowered_attention_gradient("tpu", "splash", length=short)
+
+
+def test_auto_traces_splash_only_where_the_mesh_may_be_a_tpu():
+  assert attention.may_lower_for("tpu")  # no mesh: any platform may be asked for
+  with jax.set_mesh(jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])):
+    assert not attention.may_lower_for("tpu") and attention.may_lower_for("cpu")
 
 
 def test_auto_without_cudnn_lowers_for_cuda_with_xla(cudnn_version):
@@ -167,6 +237,19 @@ def test_auto_avoids_cudnn_when_the_sequence_or_head_dim_is_sharded(cudnn_versio
   for split in ("length", "kv"):
     with nn.logical_axis_rules([("batch", "data"), (split, "model")]):
       assert not attention.cudnn_fits(query)
+
+
+def test_splash_takes_batch_and_head_splits_that_are_even():
+  query = jnp.zeros((4, 12, 6, 64), jnp.bfloat16)
+  mesh = jax.sharding.AbstractMesh((2, 3), ("data", "model"))
+  with jax.sharding.use_abstract_mesh(mesh):
+    with nn.logical_axis_rules([("batch", "data"), ("heads", "model")]):
+      assert attention.splash_problems(query) == []
+      assert attention.splash_problems(query[:, :, :4]) == ["heads 4 split in 3"]
+      assert attention.splash_problems(query[:3]) == ["batch 3 split in 2"]
+    with nn.logical_axis_rules([("batch", "data"), ("length", "model")]):
+      (problem,) = attention.splash_problems(query)
+      assert "sequence or head dim split" in problem
 
 
 # ------------------------------------------------------------------------------------- remat

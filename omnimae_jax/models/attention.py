@@ -5,22 +5,44 @@
   from 1.42 s to 0.82 s), softmax in float32.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
+- 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
+  splash_attention), TPU only, bfloat16 or float32 (Mosaic rejects float16). It never holds the
+  [B, H, L, L] logits: on v5e the gradient of one ViT-B decoder layer (64 clips of 1568 tokens,
+  16 heads of 24) plans 2.1 GiB of temporaries against XLA's 14.9 GiB. The kernel tiles both
+  sequences by 128, so they are padded to a multiple of it and the padded keys get a segment id of
+  their own, i.e. exactly zero weight; q, k and v go in sequence-minor ([H, D, L]) so that head
+  dims of 24 to 80 are not padded to 128 lanes (half the memory of head-dim-minor). Each device
+  runs it on its own shard (shard_map over the batch and heads the logical rules split).
 - 'auto':     chosen for the platform the program is *lowered* for (lax.platform_dependent), so a
-  step lowered for CUDA on a CPU host takes the CUDA choice: cudnn where it can run these inputs,
-  else xla; explicit on CPU; xla elsewhere. It never raises where XLA can run the model.
+  step lowered for CUDA or TPU on a CPU host takes that platform's choice: on CUDA cudnn where it
+  can run these inputs, else xla; on TPU splash for sequences of SPLASH_MIN_LENGTH tokens or more
+  where it can run them, else xla (a short sequence's logits are smaller than its padding: the
+  demo's 7 visible tokens become 128); explicit on CPU; xla elsewhere. It never raises where XLA
+  can run the model.
 """
 import functools
-from typing import Dict, List
+import math
+from typing import Dict, List, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-ATTENTION_SETTINGS = ("auto", "xla", "explicit", "cudnn")
+ATTENTION_SETTINGS = ("auto", "xla", "explicit", "cudnn", "splash")
 CUDNN_DTYPES = ("bfloat16", "float16")
 # cuDNN takes head dims up to 256 on Hopper, 128 before it; 128 holds on every GPU.
 CUDNN_MAX_HEAD_DIM = 128
 CUDNN_PLATFORMS = ("cuda", "gpu")  # 'gpu' is what a device (and jax.default_backend) reports
+SPLASH_DTYPES = ("bfloat16", "float32")
+SPLASH_BLOCK = 128  # the kernel's tile along both sequences (its default; a multiple of 128 lanes)
+# Every head dim tried from 4 to 256 compiles for v5e in either layout; sequence-minor stores ours
+# unpadded.
+SPLASH_LAYOUT = splash.QKVLayout.SEQ_MINOR
+# 'auto' on TPU: splash from this many tokens. ViT-B on v5e:4x4 (steps' peak per chip): the video
+# step at 64 clips (decoder 1568 tokens) 8.7 GiB with splash, 29 GiB of temporaries with XLA; the
+# image step at 128 (encoder 20, decoder 196 tokens) 8.5 GiB with splash, 5.6 GiB with XLA.
+SPLASH_MIN_LENGTH = 1024
 
 
 def explicit_attention(query, key, value):
@@ -40,18 +62,84 @@ def cudnn_attention(query, key, value):
   return jax.nn.dot_product_attention(query, key, value, implementation="cudnn")
 
 
-IMPLEMENTATIONS = {"explicit": explicit_attention, "xla": xla_attention, "cudnn": cudnn_attention}
+def splash_block_sizes() -> splash.BlockSizes:
+  block, layout = SPLASH_BLOCK, SPLASH_LAYOUT
+  return splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                           block_q_dq=block, block_kv_dq=block,
+                           q_layout=layout, k_layout=layout, v_layout=layout)
 
 
-def cudnn_problems(dtype, head_dims: Dict[str, int]) -> List[str]:
-  """Why cuDNN's fused attention cannot take this dtype and these head dims (empty: it can)."""
-  problems = []
-  if jnp.dtype(dtype).name not in CUDNN_DTYPES:
-    problems.append(f"compute dtype {jnp.dtype(dtype).name} (cuDNN needs one of {CUDNN_DTYPES})")
+def to_kernel_layout(x, padded_length: int):
+  """[B, L, H, D] -> [B, H, L', D] with zero tokens appended up to L'."""
+  padding = ((0, 0), (0, padded_length - x.shape[1]), (0, 0), (0, 0))
+  return jnp.pad(x, padding).transpose(0, 2, 1, 3)
+
+
+def padding_segments(length: int, padded_length: int):
+  """Segment ids that give the padded keys zero weight: they alone are segment 1. Padded queries
+  stay in segment 0, so their rows are ordinary finite softmaxes (dropped afterwards) rather than
+  empty ones whose gradient would be NaN. None when nothing is padded."""
+  if length == padded_length:
+    return None
+  kv = (jnp.arange(padded_length) >= length).astype(jnp.int32)
+  return splash.SegmentIds(q=jnp.zeros((padded_length,), jnp.int32), kv=kv)
+
+
+def splash_on_device(query, key, value, interpret: bool = False):
+  """The splash kernel on one device's [B, L, H, D] shards; the kernel itself takes one sample."""
+  _, length, heads, head_dim = query.shape
+  padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+  mask = splash.MultiHeadMask([splash.FullMask((padded, padded))] * heads)
+  kernel = splash.make_splash_mha(mask, block_sizes=splash_block_sizes(), head_shards=1,
+                                  q_seq_shards=1, interpret=interpret)
+  query = query * jnp.asarray(head_dim ** -0.5, query.dtype)  # the kernel does not scale
+  inputs = [to_kernel_layout(x, padded) for x in (query, key, value)]
+  out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(*inputs, padding_segments(length, padded))
+  return out[:, :, :length].transpose(0, 2, 1, 3)
+
+
+def token_spec() -> jax.sharding.PartitionSpec:
+  """How the active logical-axis rules split [B, L, H, D] activations over the mesh."""
+  return nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+
+
+def splash_attention(query, key, value, interpret: bool = False):
+  """query, key, value [B, L, H, D] -> [B, L, H, D] by the splash kernel. A Pallas call cannot be
+  partitioned by XLA (it would gather the whole batch onto every device), so under a mesh each
+  device runs it on its own shard. interpret: Pallas' interpreter instead (any platform; tests)."""
+  on_device = functools.partial(splash_on_device, interpret=interpret)
+  if jax.sharding.get_abstract_mesh().empty:
+    return on_device(query, key, value)
+  spec = token_spec()
+  return jax.shard_map(on_device, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
+      query, key, value)
+
+
+IMPLEMENTATIONS = {"explicit": explicit_attention, "xla": xla_attention, "cudnn": cudnn_attention,
+                   "splash": splash_attention}
+
+
+def dtype_problems(dtype, allowed, kernel: str) -> List[str]:
+  name = jnp.dtype(dtype).name
+  return [] if name in allowed else [f"compute dtype {name} ({kernel} needs one of {allowed})"]
+
+
+def cudnn_problems(dtype, head_dims: Dict[str, int], length: Optional[int] = None) -> List[str]:
+  """Why cuDNN's fused attention cannot take this dtype, these head dims and this sequence length
+  (empty: it can).
+
+  An odd length: jax 0.10.2 hands cuDNN's training kernel an empty bias, which it then treats as
+  a bias, and biased training needs even lengths; the ViT-B video encoder's 79 visible tokens
+  would raise NotImplementedError while tracing.
+  """
+  problems = dtype_problems(dtype, CUDNN_DTYPES, "cuDNN")
   for name, head_dim in head_dims.items():
     if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
       problems.append(f"{name} dim {head_dim} (cuDNN needs a multiple of 8, at most "
                       f"{CUDNN_MAX_HEAD_DIM})")
+  if length is not None and length % 2:
+    problems.append(f"sequence length {length} (cuDNN's training kernel needs an even length)")
   return problems
 
 
@@ -61,22 +149,30 @@ def head_dims(model_cfg) -> Dict[str, int]:
 
 
 def check_attention(model_cfg, platform: str) -> None:
-  """Raises ValueError, before anything is compiled, when model.attention='cudnn' cannot run on
-  `platform` ('cpu', 'gpu', 'cuda', 'tpu', ...) with this compute dtype and these head dims.
+  """Raises ValueError, before anything is compiled, when model.attention='cudnn' or 'splash'
+  cannot run on `platform` ('cpu', 'gpu', 'cuda', 'tpu', ...) with this compute dtype (and, for
+  cuDNN, these head dims). The error names the field and what is allowed.
 
-  Pure Python: the config checker calls it with jax.default_backend().
+  Pure Python: the training loop calls it with its mesh's platform.
   """
-  if model_cfg.attention not in ATTENTION_SETTINGS:
-    raise ValueError(f"model.attention={model_cfg.attention!r}; allowed: {ATTENTION_SETTINGS}")
-  if model_cfg.attention != "cudnn":
+  setting = model_cfg.attention
+  if setting not in ATTENTION_SETTINGS:
+    raise ValueError(f"model.attention={setting!r}; allowed: {ATTENTION_SETTINGS}")
+  if setting == "cudnn":
+    problems = [] if platform in CUDNN_PLATFORMS else [f"platform {platform!r} (cuDNN needs CUDA)"]
+    problems += cudnn_problems(model_cfg.compute_dtype, head_dims(model_cfg))
+    allowed = (f"'cudnn' with compute_dtype in {CUDNN_DTYPES} and head dims that are multiples of "
+               f"8 up to {CUDNN_MAX_HEAD_DIM} on a CUDA GPU")
+  elif setting == "splash":
+    problems = [] if platform == "tpu" else [f"platform {platform!r} (splash needs a TPU)"]
+    problems += dtype_problems(model_cfg.compute_dtype, SPLASH_DTYPES, "splash")
+    allowed = f"'splash' with compute_dtype in {SPLASH_DTYPES} on a TPU"
+  else:
     return
-  problems = [] if platform in CUDNN_PLATFORMS else [f"platform {platform!r} (cuDNN needs CUDA)"]
-  problems += cudnn_problems(model_cfg.compute_dtype, head_dims(model_cfg))
   if problems:
-    raise ValueError(f"model.attention='cudnn' cannot run here: {'; '.join(problems)}. Allowed: "
-                     f"'auto' (cuDNN wherever it can run, XLA otherwise), 'xla', 'explicit', or "
-                     f"'cudnn' with compute_dtype in {CUDNN_DTYPES} and head dims that are "
-                     f"multiples of 8 up to {CUDNN_MAX_HEAD_DIM} on a CUDA GPU")
+    raise ValueError(f"model.attention={setting!r} cannot run here: {'; '.join(problems)}. "
+                     f"Allowed: 'auto' (cuDNN on CUDA where it can run, splash on TPU for long "
+                     f"sequences, XLA otherwise), 'xla', 'explicit', or {allowed}")
 
 
 @functools.cache
@@ -102,21 +198,78 @@ def sequence_or_head_dim_sharded() -> bool:
 
 def cudnn_fits(query) -> bool:
   """Whether 'auto' may take cuDNN on CUDA for these queries [B, L, H, D]."""
-  return (not cudnn_problems(query.dtype, {"head": query.shape[-1]})
+  return (not cudnn_problems(query.dtype, {"head": query.shape[-1]}, query.shape[1])
           and not sequence_or_head_dim_sharded() and cudnn_available())
+
+
+def mesh_axes(entry) -> tuple:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def uneven_splits(shape) -> List[str]:
+  """The dims of [B, L, H, D] activations the active mesh would split unevenly (shard_map, which
+  splash runs under, needs even splits; XLA's partitioner would pad)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return []
+  problems = []
+  for name, size, entry in zip(("batch", "length", "heads", "kv"), shape, token_spec()):
+    parts = math.prod(mesh.shape[axis] for axis in mesh_axes(entry))
+    if size % parts:
+      problems.append(f"{name} {size} split in {parts}")
+  return problems
+
+
+def splash_problems(query) -> List[str]:
+  """Why the splash kernel cannot take these queries [B, L, H, D] under the active mesh and
+  logical rules (empty: it can)."""
+  problems = dtype_problems(query.dtype, SPLASH_DTYPES, "splash")
+  if sequence_or_head_dim_sharded():  # each device would attend within its part of the sequence
+    problems.append("a sequence or head dim split over the mesh (splash takes batch and head "
+                    "splits only)")
+  return problems + uneven_splits(query.shape)
+
+
+def fused_kernel_problems(setting: str, query) -> List[str]:
+  """Why the fused kernel `setting` names cannot take these queries (empty: it can, or the
+  setting names no fused kernel)."""
+  if setting == "cudnn":
+    return cudnn_problems(query.dtype, {"head": query.shape[-1]}, query.shape[1])
+  if setting == "splash":
+    return splash_problems(query)
+  return []
+
+
+def may_lower_for(platform: str) -> bool:
+  """Whether the program being traced may be lowered for `platform`: the active mesh's devices
+  fix its platform; without a mesh any platform may still be asked for (lowering_platforms).
+  'auto' traces the splash branch only then: on a CPU mesh it would cost tracing time for a
+  branch that is never lowered."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device is None or device.platform == platform
+
+
+def splash_pays_off(query) -> bool:
+  """Whether 'auto' takes splash on TPU for these queries [B, L, H, D]: it can, the program may
+  be lowered for TPU, and the sequence is long enough that dropping the [L, L] logits saves more
+  than padding to 128-token tiles costs."""
+  return (query.shape[1] >= SPLASH_MIN_LENGTH and may_lower_for("tpu")
+          and not splash_problems(query))
 
 
 def attend(query, key, value, setting: str = "auto"):
   """query, key, value [B, L, H, D] -> [B, L, H, D] with the kernel `setting` names."""
   if setting not in ATTENTION_SETTINGS:
     raise ValueError(f"model.attention={setting!r}; allowed: {ATTENTION_SETTINGS}")
-  if setting == "cudnn":
-    problems = cudnn_problems(query.dtype, {"head": query.shape[-1]})
-    if problems:
-      raise ValueError(f"model.attention='cudnn' cannot take {'; '.join(problems)}; use 'auto', "
-                       f"'xla' or 'explicit'")
+  problems = fused_kernel_problems(setting, query)
+  if problems:
+    raise ValueError(f"model.attention={setting!r} cannot take {'; '.join(problems)}; use "
+                     f"'auto', 'xla' or 'explicit'")
   if setting != "auto":
     return IMPLEMENTATIONS[setting](query, key, value)
   on_cuda = cudnn_attention if cudnn_fits(query) else xla_attention
+  on_tpu = splash_attention if splash_pays_off(query) else xla_attention
   return jax.lax.platform_dependent(query, key, value, cpu=explicit_attention, cuda=on_cuda,
-                                    default=xla_attention)
+                                    tpu=on_tpu, default=xla_attention)

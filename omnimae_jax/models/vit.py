@@ -36,7 +36,7 @@ class ModelConfig:
   head_init_std: float = 2e-5  # classifier head: 2e-5 for IN1K, 0.01 for SSv2
   compute_dtype: str = "float32"  # 'bfloat16' on accelerators; params stay float32
   remat: str = "none"  # 'none' | 'full' | 'auto' (see models/remat.py)
-  attention: str = "auto"  # 'auto' | 'xla' | 'explicit' | 'cudnn' (see models/attention.py)
+  attention: str = "auto"  # 'auto' | 'xla' | 'explicit' | 'cudnn' | 'splash' (models/attention.py)
 
   def __post_init__(self):
     object.__setattr__(self, "remat", normalise_remat(self.remat))  # frozen: set once, here

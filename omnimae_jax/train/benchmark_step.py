@@ -21,7 +21,7 @@ def add_arguments(parser):
                       help="samples per device per step (default: the config's global batch)")
   parser.add_argument("--compute_dtype", default="", help="override config.model.compute_dtype")
   parser.add_argument("--attention", default="", help="override config.model.attention "
-                      "(auto | xla | explicit | cudnn)")
+                      "(auto | xla | explicit | cudnn | splash)")
   parser.add_argument("--remat", default="",
                       help="override config.model.remat (auto | none | full)")
   parser.add_argument("--sharding", default="", help="override config.sharding")
