@@ -59,7 +59,7 @@ def _encode_jpeg(rgb_frame, quality):
   return buffer.getvalue()
 
 
-def encode_jpeg_frames(path, *, short_side=256, jpeg_quality=60):
+def encode_jpeg_frames(path, *, short_side, jpeg_quality):
   """Decode every frame of the video at `path`, shrink it to `short_side` if larger (see
   scaled_size), encode it as JPEG.
 
