@@ -2,7 +2,7 @@
 
 - 'explicit': written out here, queries scaled by head_dim^-0.5 *before* q·kᵀ (on XLA:CPU that
   multiplies [B, L, H, D] instead of the [B, H, L, L] logits: a decoder block of 1568 tokens went
-  from 1.42 s to 0.82 s), softmax in float32.
+  from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
 - 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
@@ -46,12 +46,22 @@ SPLASH_MIN_LENGTH = 1024
 
 
 def explicit_attention(query, key, value):
-  """query, key, value [B, L, H, D] -> [B, L, H, D]."""
+  """query, key, value [B, L, H, D] -> [B, L, H, D].
+
+  The softmax's division is applied to the [B, L, H, D] output instead of the [B, H, L, L]
+  weights (as flash attention does), which saves a pass over the weights forward and backward:
+  the ViT-B video decoder's attention (2 x 16 heads x 1568 tokens), fwd+bwd on 2 CPU threads,
+  1.69 s -> 1.33 s. The max is a constant shift (softmax does not depend on it), so it carries
+  no gradient.
+  """
   scale = jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
   logits = jnp.einsum("bqhd,bkhd->bhqk", query * scale, key,
                       preferred_element_type=jnp.float32)  # [B, H, L, L]
-  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32)
+  total = weights.sum(axis=-1).transpose(0, 2, 1)[..., None]  # [B, L, H, 1]
+  return (out / total).astype(value.dtype)
 
 
 def xla_attention(query, key, value):

@@ -113,13 +113,14 @@ class PatchEmbed(nn.Module):
   that is faster than the strided convolution and its weight gradient (it skips their layout
   copies). An image padded to a clip by *repeating* its frame gives the same tokens as the image
   times the kernel summed over time, so images never build the repeated clip and do half the
-  multiply-adds; a zero-padded image only meets the kernel's first time slice.
+  multiply-adds; a zero-padded image only meets the kernel's first time slice. Given keep_idx,
+  only those patches are projected (a masked patch's token is never used).
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, pixels):
-    return PatchProjection(self.config, name="proj")(pixels)
+  def __call__(self, pixels, keep_idx: Optional[jnp.ndarray] = None):
+    return PatchProjection(self.config, name="proj")(pixels, keep_idx)
 
 
 class PatchProjection(nn.Module):
@@ -127,7 +128,7 @@ class PatchProjection(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, pixels):
+  def __call__(self, pixels, keep_idx: Optional[jnp.ndarray] = None):
     cfg = self.config
     fan_in = cfg.pixels_per_patch
     kernel = self.param(
@@ -136,11 +137,13 @@ class PatchProjection(nn.Module):
         (*cfg.patch_size, 3, cfg.width))  # [pt, ph, pw, C, D]
     bias = self.param("bias", layers.partitioned(layers.uniform_bias(fan_in), ("embed",)),
                       (cfg.width,))
-    return project_patches(pixels, kernel, bias, cfg.pad_type, cfg.dtype)
+    return project_patches(pixels, kernel, bias, cfg.pad_type, cfg.dtype, keep_idx)
 
 
-def project_patches(pixels, kernel, bias, pad_type: str, dtype):
-  """pixels [B,H,W,C] or [B,T,H,W,C], kernel [pt,ph,pw,C,D], bias [D] -> tokens [B, N, D]."""
+def project_patches(pixels, kernel, bias, pad_type: str, dtype,
+                    keep_idx: Optional[jnp.ndarray] = None):
+  """pixels [B,H,W,C] or [B,T,H,W,C], kernel [pt,ph,pw,C,D], bias [D] -> tokens [B, N, D], or
+  [B, N_vis, D] of the patches keep_idx [B, N_vis] names."""
   pt, ph, pw = kernel.shape[:3]
   if pixels.ndim == 5 and pixels.shape[1] == 1:
     pixels = pixels[:, 0]
@@ -150,6 +153,8 @@ def project_patches(pixels, kernel, bias, pad_type: str, dtype):
   else:
     patches = einops.rearrange(pixels, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)",
                                pt=pt, ph=ph, pw=pw)
+  if keep_idx is not None:
+    patches = gather_tokens(patches, keep_idx)
   kernel = kernel.reshape(-1, kernel.shape[-1]).astype(dtype)  # [(pt) ph pw C, D]
   return patches.astype(dtype) @ kernel + bias.astype(dtype)  # [B, N, D]
 
@@ -172,10 +177,11 @@ class Trunk(nn.Module):
                train: bool = False):
     cfg = self.config
     grid = token_grid(pixels.shape, cfg.patch_size)
-    tokens = PatchEmbed(cfg, name="patch_embed")(pixels)
-    tokens = tokens + layers.position_table(grid, cfg.table_grid, cfg.width).astype(tokens.dtype)
+    tokens = PatchEmbed(cfg, name="patch_embed")(pixels, keep_idx)  # [B, N or N_vis, D]
+    positions = layers.position_table(grid, cfg.table_grid, cfg.width)  # [N, D]
     if keep_idx is not None:
-      tokens = gather_tokens(tokens, keep_idx)  # [B, N_vis, D]
+      positions = positions[keep_idx]  # [B, N_vis, D]
+    tokens = tokens + positions.astype(tokens.dtype)
     tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
     tokens = layers.block_stack(
         tokens, prefix="blocks", depth=cfg.depth, num_heads=cfg.num_heads,

@@ -25,9 +25,9 @@ def transformer_flops(tokens: int, width: int, mlp_dim: int, depth: int) -> floa
 
 
 def pretrain_forward_flops(cfg: ModelConfig, num_tokens: int, num_visible: int) -> float:
-  """Forward FLOPs per sample: patch embed on all patches, encoder on the visible tokens, decoder
-  and head on all tokens."""
-  patch = 2 * num_tokens * cfg.pixels_per_patch * cfg.width
+  """Forward FLOPs per sample: patch embed and encoder on the visible tokens, decoder and head on
+  all tokens."""
+  patch = 2 * num_visible * cfg.pixels_per_patch * cfg.width
   encoder = transformer_flops(num_visible, cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.depth)
   decoder_embed = 2 * num_tokens * cfg.width * cfg.decoder_width
   decoder = transformer_flops(num_tokens, cfg.decoder_width,
