@@ -283,7 +283,7 @@ def _pretraining_over(data_dir, total_steps):
     config.total_steps = total_steps
     config.log_every_steps = 1
     config.recon_every_steps = 0
-    config.checkpoint.every_steps = 5
+    config.checkpoint.every_steps = 10
     config.evals = {}
   return config
 

@@ -72,7 +72,7 @@ def run(config, workdir, **kwargs):
 @pytest.fixture(scope="module")
 def one_device_run(demo_data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one_device")
-  config = small_config(demo_data_dir, total_steps=4, sharding="dp", **{
+  config = small_config(demo_data_dir, "images", total_steps=4, sharding="dp", **{
       "model.num_heads": 4, "model.decoder_heads": 4})
   summary = run(config, workdir, devices=jax.devices()[:1])
   return config, workdir, summary
@@ -85,7 +85,7 @@ def one_device_run(demo_data_dir, tmp_path_factory):
 ])
 def test_strategies_match_one_device(one_device_run, demo_data_dir, tmp_path, strategy, mesh):
   reference_config, reference_dir, reference = one_device_run
-  config = small_config(demo_data_dir, total_steps=4, sharding=strategy, mesh=mesh, **{
+  config = small_config(demo_data_dir, "images", total_steps=4, sharding=strategy, mesh=mesh, **{
       "model.num_heads": 4, "model.decoder_heads": 4})
   summary = run(config, tmp_path)
   expected, got = losses_by_step(reference_dir), losses_by_step(tmp_path)
@@ -112,7 +112,7 @@ def test_strategies_match_one_device(one_device_run, demo_data_dir, tmp_path, st
 
 
 def test_checkpoint_from_8_devices_restores_on_1_and_on_4x2(demo_data_dir, tmp_path):
-  config = small_config(demo_data_dir, total_steps=2, sharding="fsdp",
+  config = small_config(demo_data_dir, "images", total_steps=2, sharding="fsdp",
                         **{"model.num_heads": 4, "model.decoder_heads": 4})
   saved = jax.device_get(run(config, tmp_path)["state"])
   model = state_lib.build_model(config.model)
@@ -389,9 +389,9 @@ def test_an_overflowing_update_on_a_save_step_never_poisons_the_last_good_checkp
 
 
 def test_keep_zero_is_refused_before_anything_is_deleted(demo_data_dir, tmp_path):
-  run(small_config(demo_data_dir, total_steps=1), tmp_path)
+  run(small_config(demo_data_dir, "images", total_steps=1), tmp_path)
   with pytest.raises(loop.ConfigError, match="checkpoint.keep"):
-    run(small_config(demo_data_dir, total_steps=2, **{"checkpoint.keep": 0}), tmp_path)
+    run(small_config(demo_data_dir, "images", total_steps=2, **{"checkpoint.keep": 0}), tmp_path)
   assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
 
@@ -410,7 +410,7 @@ def event_steps(workdir, tag):
 def test_history_after_a_kill_has_one_entry_per_step(demo_data_dir, tmp_path):
   """A kill after steps 4-6 were logged but before checkpoint 6 existed: the resumed run rewrites
   metrics.jsonl and the TensorBoard events, so each step appears once."""
-  config = small_config(demo_data_dir)  # checkpoints at 3 and 6, a log line every step
+  config = small_config(demo_data_dir, "images")  # checkpoints at 3 and 6, a log every step
   run(config, tmp_path)
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 7, "loss": 0.1')  # a line cut short by the kill
@@ -438,7 +438,7 @@ def test_resume_on_another_process_count_warns_or_refuses(demo_data_dir, tmp_pat
 
 
 def test_workdir_of_another_model_is_refused(demo_data_dir, tmp_path):
-  run(small_config(demo_data_dir, total_steps=1), tmp_path)
-  other = small_config(demo_data_dir, total_steps=2, **{"model.num_heads": 4})
+  run(small_config(demo_data_dir, "images", total_steps=1), tmp_path)
+  other = small_config(demo_data_dir, "images", total_steps=2, **{"model.num_heads": 4})
   with pytest.raises(checkpoint_lib.CheckpointError, match="num_heads"):
     run(other, tmp_path)

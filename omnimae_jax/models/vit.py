@@ -1,5 +1,6 @@
 """The OmniMAE trunk: 3-D patch embedding, fixed sin-cos positions, pre-LN ViT blocks (SPEC §1.1-1.3)."""
 import dataclasses
+import functools
 from typing import Optional, Tuple
 
 import einops
@@ -148,7 +149,9 @@ def project_patches(pixels, kernel, bias, pad_type: str, dtype,
   if pixels.ndim == 5 and pixels.shape[1] == 1:
     pixels = pixels[:, 0]
   if pixels.ndim == 4:  # an image: as_clip(pixels, pt, pad_type) folded into the kernel
-    kernel = kernel.sum(axis=0) if pad_type == "repeat" else kernel[0]  # [ph, pw, C, D]
+    # [ph, pw, C, D]. The time slices are summed by adds: XLA:CPU fuses a reduce into the
+    # matmul and recomputes it per tile (ViT-B, 160 visible patches: 32 ms against 6 ms).
+    kernel = functools.reduce(jnp.add, list(kernel)) if pad_type == "repeat" else kernel[0]
     patches = einops.rearrange(pixels, "b (h ph) (w pw) c -> b (h w) (ph pw c)", ph=ph, pw=pw)
   else:
     patches = einops.rearrange(pixels, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)",
