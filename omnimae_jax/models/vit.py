@@ -159,7 +159,7 @@ def project_patches(pixels, kernel, bias, pad_type: str, dtype,
   if keep_idx is not None:
     patches = gather_tokens(patches, keep_idx)
   kernel = kernel.reshape(-1, kernel.shape[-1]).astype(dtype)  # [(pt) ph pw C, D]
-  return patches.astype(dtype) @ kernel + bias.astype(dtype)  # [B, N, D]
+  return patches.astype(dtype) @ kernel + bias.astype(dtype)  # [B, N or N_vis, D]
 
 
 def gather_tokens(tokens, keep_idx):

@@ -90,7 +90,7 @@ def _train_step(state, batch, *, objective, tx, schedule, seed, accum_steps):
       "lr": schedule(state["step"] // accum_steps),
       # The loss and gradient belong to the parameters *before* this update; a save needs to
       # know that the parameters *after* it are finite too. The optimizer's moments need no
-      # pass of their own (a third of the step's reads on CPU): they mix the previous, finite
+      # pass of their own (two thirds of this check's reads): they mix the previous, finite
       # moments with g and g^2, finite whenever grad_norm is, which the loop checks as well.
       "state_finite": tree_all_finite(new_state["params"]),
       "skipped": jnp.sum(1.0 - sample_weights(batch)).astype(jnp.int32),
