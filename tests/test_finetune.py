@@ -13,18 +13,18 @@ from omnimae_jax import pretrained
 from omnimae_jax.train import checkpoint as checkpoint_lib
 from omnimae_jax.train import evaluate, loop
 from data_fixtures import DEMO_IMAGE_VALIDATION
-from test_train import demo_data_dir, set_fields
+from test_train import SHALLOW, demo_data_dir, set_fields
 
 assert demo_data_dir  # the session fixture, imported so that pytest finds it here
 
 
 @pytest.fixture(scope="module")
 def pretrained_workdir(demo_data_dir, tmp_path_factory):
-  """A few steps of the demo pretraining (images only): a real workdir to start from."""
+  """A few steps of the demo pretraining (images only, shallow): a real workdir to start from."""
   workdir = tmp_path_factory.mktemp("pretrain")
   config = set_fields(demo_omni.get_config("sources=images"), {
-      "data.data_dir": demo_data_dir, "total_steps": 2, "recon_every_steps": 0, "evals": {},
-      "data.sources.images.batch_size": 16, "data.sources.images.shuffle_buffer": 64})
+      **SHALLOW, "data.data_dir": demo_data_dir, "total_steps": 2, "recon_every_steps": 0,
+      "evals": {}, "data.sources.images.batch_size": 16, "data.sources.images.shuffle_buffer": 64})
   loop.train(config, str(workdir), stream=io.StringIO())
   return str(workdir)
 
@@ -32,8 +32,8 @@ def pretrained_workdir(demo_data_dir, tmp_path_factory):
 def finetune_config(data_dir, init, **changes):
   config = demo_finetune.get_config(f"init={init}")
   return set_fields(config, {
-      "data.data_dir": data_dir, "total_steps": 4, "log_every_steps": 1,
-      "checkpoint.every_steps": 2, "data.sources.train.batch_size": 16,
+      "model.depth": SHALLOW["model.depth"], "data.data_dir": data_dir, "total_steps": 4,
+      "log_every_steps": 1, "checkpoint.every_steps": 2, "data.sources.train.batch_size": 16,
       "data.sources.train.shuffle_buffer": 64, "evals.val.every_steps": 1000,
       "evals.val.source.batch_size": 40, "evals.val.source.split": DEMO_IMAGE_VALIDATION,
       **changes})

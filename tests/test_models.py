@@ -144,7 +144,8 @@ def test_encoder_ignores_masked_pixels(tiny):
   mask = random_mask(2, 196, 176, seed=3)
   keep_idx = mae.check_mask(mask, 2, 196)
   trunk = models.vit.Trunk(model.config)
-  encode = lambda p: trunk.apply({"params": variables["params"]["trunk"]}, p, keep_idx)
+  encode = jax.jit(lambda p: trunk.apply({"params": variables["params"]["trunk"]}, p, keep_idx))
+  predict = jax.jit(model.apply)  # jitted here and below: one compile, not one per operation
   changed = pixels.copy()
   for b in range(2):  # scramble every masked 16x16 patch
     for token in np.flatnonzero(mask[b]):
@@ -152,8 +153,8 @@ def test_encoder_ignores_masked_pixels(tiny):
       changed[b, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16] = np.random.randn(16, 16, 3)
   np.testing.assert_array_equal(np.asarray(encode(pixels)), np.asarray(encode(changed)))
   # The predictions (of every token) depend on the visible pixels only, too.
-  np.testing.assert_array_equal(model.apply(variables, pixels, mask),
-                                model.apply(variables, changed, mask))
+  np.testing.assert_array_equal(predict(variables, pixels, mask, keep_idx),
+                                predict(variables, changed, mask, keep_idx))
   # ...while changing one visible patch does change the encoding.
   h, w = divmod(int(keep_idx[0, 0]), 14)
   changed[0, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16] += 1.0
@@ -165,8 +166,9 @@ def test_two_equal_frames_predict_like_the_image(tiny):
   image = jax.random.normal(RNG, (2, 224, 224, 3))
   video = jnp.stack([image, image], axis=1)
   mask = random_mask(2, 196, 147, seed=5)
-  np.testing.assert_allclose(model.apply(variables, image, mask),
-                             model.apply(variables, video, mask), atol=1e-5)
+  predict, keep_idx = jax.jit(model.apply), mae.check_mask(mask, 2, 196)
+  np.testing.assert_allclose(predict(variables, image, mask, keep_idx),
+                             predict(variables, video, mask, keep_idx), atol=1e-5)
 
 
 def test_zero_pad_differs_from_repeat():
@@ -175,7 +177,9 @@ def test_zero_pad_differs_from_repeat():
   repeat = models.build("tiny", img_size=32)
   zero = models.build("tiny", img_size=32, pad_type="zero")
   variables = init(repeat, image, mask)
-  assert not np.allclose(repeat.apply(variables, image, mask), zero.apply(variables, image, mask))
+  keep_idx = mae.check_mask(mask, 1, 4)
+  assert not np.allclose(jax.jit(repeat.apply)(variables, image, mask, keep_idx),
+                         jax.jit(zero.apply)(variables, image, mask, keep_idx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,13 +277,14 @@ def test_remat_gives_same_output_and_gradients():
 def test_classifier_logits_drop_path_and_init_std():
   model = models.build("tiny", "classifier", num_classes=10, drop_path=0.1, head_init_std=0.01)
   pixels = jax.random.normal(RNG, (4, 32, 32, 3))
-  variables = model.init(RNG, pixels)
+  variables = jax.jit(model.init)(RNG, pixels)
   head = nn.unbox(variables)["params"]["head"]["kernel"]
   assert head.shape == (192, 10) and 0.007 < float(jnp.std(head)) < 0.013
-  logits = model.apply(variables, pixels)
+  apply = jax.jit(model.apply, static_argnames="train")
+  logits = apply(variables, pixels)
   assert logits.shape == (4, 10)
-  np.testing.assert_array_equal(logits, model.apply(variables, pixels))
-  noisy = model.apply(variables, pixels, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  np.testing.assert_array_equal(logits, apply(variables, pixels))
+  noisy = apply(variables, pixels, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
   assert not np.allclose(logits, noisy)
 
 

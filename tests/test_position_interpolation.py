@@ -110,16 +110,18 @@ def test_temporal_interpolation_is_refused():
 
 def test_models_run_at_other_image_and_video_sizes():
   # The table grid is (2, 4, 4) (64 px, 4 frames); inputs of 96 px and 48x80 px go through.
-  config = dict(img_size=64, num_frames=4, num_classes=5)
+  # One block (the position tables do not depend on depth); jitted: one compile per shape.
+  config = dict(img_size=64, num_frames=4, num_classes=5, depth=1)
   classifier = models.build("tiny", "classifier", **config)
-  variables = classifier.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  variables = jax.jit(classifier.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
   apply = jax.jit(classifier.apply)
   for shape in ((2, 96, 96, 3), (2, 4, 96, 96, 3), (2, 48, 80, 3), (1, 2, 32, 32, 3)):
     logits = apply(variables, jnp.ones(shape))
     assert logits.shape == (shape[0], 5) and bool(jnp.isfinite(logits).all()), shape
-  pretrain = models.build("tiny", **config)
+  pretrain = models.build("tiny", decoder_depth=1, **config)
   mask = jnp.arange(36)[None] >= 9  # a 96 px image: 6 x 6 tokens, 9 visible
   keep_idx = jnp.arange(9)[None]
-  variables = pretrain.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3)), mask, keep_idx)
-  pred = pretrain.apply(variables, jnp.ones((1, 96, 96, 3)), mask, keep_idx)
+  variables = jax.jit(pretrain.init)(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3)), mask,
+                                     keep_idx)
+  pred = jax.jit(pretrain.apply)(variables, jnp.ones((1, 96, 96, 3)), mask, keep_idx)
   assert pred.shape == (1, 36, 3 * 2 * 16 * 16)

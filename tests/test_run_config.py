@@ -49,8 +49,8 @@ def test_a_resume_with_changed_epochs_is_refused_then_allowed_and_reported(demo_
 
 
 def test_main_refuses_a_changed_resume_in_one_line(demo_data_dir, tmp_path):
-  base = demo_flags(demo_data_dir, tmp_path, "--config.total_steps=2",
-                    "--config.evals.knn.every_steps=1000", sources="images")
+  base = demo_flags(demo_data_dir, tmp_path, "--config.total_steps=2", sources="images",
+                    probe=False)
   proc = main_py(*base, "--stop_at_step=1")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]

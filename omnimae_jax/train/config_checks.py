@@ -168,7 +168,7 @@ def check_evals(config):
   for name, evaluator in (config.get("evals") or {}).items():
     prefix = f"evals.{name}"
     _check_rule(config, f"{prefix}.kind", one_of(EVAL_KINDS))
-    _check_rule(config, f"{prefix}.every_steps", integer(1))
+    _check_rule(config, f"{prefix}.every_steps", integer(0))  # 0: off (training only)
     source_fields = ["source"] + (["train_source"] if evaluator.kind == "knn" else [])
     if evaluator.kind == "classification":
       _check_rule(config, f"{prefix}.average", one_of(EVAL_AVERAGES))

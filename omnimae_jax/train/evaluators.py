@@ -1,7 +1,7 @@
 """Evaluators: `run(params) -> {metric: value}` on a whole validation split, exactly once.
 
-Used inside training (`config.evals`, each every `every_steps` steps, at the start and at the end)
-and by `mode=evaluate`. Every process reads its own part of the split in order, padded to the
+Used inside training (`config.evals`, each every `every_steps` steps, at the start and at the end;
+`every_steps=0` turns one off) and by `mode=evaluate`. Every process reads its own part of the split in order, padded to the
 same number of batches with examples marked invalid; counts are summed on device over the global
 batch, so every example counts once on any number of hosts and devices.
 

@@ -146,9 +146,18 @@ def recipe_summary(config, sources, total_steps) -> str:
                  f"{a.mix_prob} switch {a.switch_prob}, label smoothing {a.label_smoothing}, "
                  f"erasing p {a.erase_prob} ({a.erase_mode}); drop path {config.model.drop_path}")
   for name, evaluator in (config.get("evals") or {}).items():
+    when = (f"every {evaluator.every_steps} steps" if evaluator.every_steps
+            else "off (every_steps=0)")
     lines.append(f"  eval {name}: {evaluator.kind} on {evaluator.source.tfds_name}"
-                 f"[{evaluator.source.split}] every {evaluator.every_steps} steps")
+                 f"[{evaluator.source.split}] {when}")
   return "\n".join(lines)
+
+
+def enabled_evals(config):
+  """config.evals without the evaluators turned off (every_steps=0): those are never built, so
+  their data is not opened and nothing of theirs compiles."""
+  return {name: evaluator for name, evaluator in (config.get("evals") or {}).items()
+          if evaluator.every_steps}
 
 
 @dataclasses.dataclass
@@ -327,7 +336,7 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
 
   try:  # opens every evaluation split (labels, preparation) before anything compiles
     evaluators = evaluators_lib.build_evaluators(
-        config.get("evals"), model=model, mesh=mesh, strategy=config.sharding,
+        enabled_evals(config), model=model, mesh=mesh, strategy=config.sharding,
         param_shardings=shardings["params"], data_dir=os.path.expanduser(config.data.data_dir))
   except ValueError as error:
     raise ConfigError(str(error)) from error
