@@ -1,9 +1,10 @@
 """Evaluators: `run(params) -> {metric: value}` on a whole validation split, exactly once.
 
 Used inside training (`config.evals`, each every `every_steps` steps, at the start and at the end;
-`every_steps=0` turns one off) and by `mode=evaluate`. Every process reads its own part of the split in order, padded to the
-same number of batches with examples marked invalid; counts are summed on device over the global
-batch, so every example counts once on any number of hosts and devices.
+`every_steps=0` turns one off) and by `mode=evaluate`. Every process reads its own part of the
+split in order, padded to the same number of batches with examples marked invalid; counts are
+summed on device over the global batch, so every example counts once on any number of hosts and
+devices.
 
 - 'classification': top-1 / top-5 of a classifier; videos average the logits (or softmaxes) of
   their views (5 temporal clips x 3 spatial crops in the official protocol), in chunks of views.
