@@ -275,12 +275,13 @@ def _pretraining_over(data_dir, total_steps):
   """The demo pretraining, shallow, on the corrupt image split alone: batches of 8, 25 steps an
   epoch."""
   from configs import demo_omni  # noqa: PLC0415 (a config module, only this test needs it)
-  config = demo_omni.get_config("sources=images")
+  from test_train import SHALLOW, set_fields  # noqa: PLC0415 (test_train's shallow demo model)
+  config = set_fields(demo_omni.get_config("sources=images"), SHALLOW)
   with config.unlocked():
     config.data.data_dir = data_dir
     source = config.data.sources.images
     source.update(split=DEMO_IMAGE_VALIDATION, batch_size=8, image_size=32, shuffle_buffer=64)
-    config.model.update(img_size=32, depth=2, decoder_depth=1)  # shallow: half the compile
+    config.model.img_size = 32
     config.total_steps = total_steps
     config.log_every_steps = 1
     config.recon_every_steps = 0
