@@ -91,9 +91,7 @@ class EvalSource:
     padding = self.num_batches * self.local_batch_size - self.process_examples
     batches = examples.concatenate(self._padding(padding)).batch(
         self.local_batch_size, drop_remainder=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    return batches.prefetch(1).with_options(options)
+    return batches.prefetch(1).with_options(sources.dataset_options())
 
   def examples(self, records):
     """Undecoded records (as TFDS reads them) -> examples in the same order, each decoded or,
@@ -159,9 +157,7 @@ def _read_in_order(builder, split, media_key):
   """The split's undecoded records in a fixed order: files unshuffled, read by a deterministic
   interleave (sources.read_records always shuffles its files). No autocache: the label check
   reads one record, and a partly read cache warns."""
-  options = tf.data.Options()
-  options.deterministic = True
-  read_config = tfds.ReadConfig(try_autocache=False, options=options)
+  read_config = tfds.ReadConfig(try_autocache=False, options=sources.dataset_options())
   return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
                             decoders={media_key: tfds.decode.SkipDecoding()})
 

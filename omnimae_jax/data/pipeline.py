@@ -127,9 +127,7 @@ class Source:
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = samples.batch(self.clips_per_local_batch, drop_remainder=True)
     batches = batches.map(_merge_replicas_into_batch)
-    options = tf.data.Options()
-    options.deterministic = True
-    return batches.prefetch(2).with_options(options)
+    return batches.prefetch(2).with_options(sources.dataset_options())
 
   def batches(self, epoch, skip_batches=0):
     """Yields (batch, corrupt_ids) for each batch of dataset(epoch, skip_batches).
