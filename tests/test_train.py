@@ -242,9 +242,10 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(demo_data_dir, tmp_path):
   saved_step = checkpoint_lib.TrainCheckpointer(workdir).latest_step()
   assert saved_step >= 3
   outputs = []
-  for run_dir in (workdir, straight):
-    proc = main_py(*demo_flags(demo_data_dir, run_dir, *flags, f"--stop_at_step={saved_step + 2}",
+  procs = [main_py(*demo_flags(demo_data_dir, run_dir, *flags, f"--stop_at_step={saved_step + 2}",
                                sources="images", probe=False))
+           for run_dir in (workdir, straight)]  # at once: each is mostly start-up
+  for proc in procs:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     outputs.append(out)
