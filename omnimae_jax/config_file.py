@@ -60,22 +60,24 @@ def _load_module(spec: str, path: str):
   return module
 
 
-def override_paths(argv):
-  """The dotted field of each `--config.<field>` override in argv (before a `--`)."""
-  paths = []
+def overrides(argv):
+  """(dotted field, value) of each `--config.<field>` override in argv (before a `--`); the value
+  is None where the flag does not hold it (`--config.a.b v`, the boolean forms)."""
+  found = []
   for arg in argv[1:]:
     if arg == "--":
       break
     match = _OVERRIDE.match(arg)
     if match:
-      paths.append(match.group(1))
-  return paths
+      found.append((match.group(1), arg.partition("=")[2] if "=" in arg else None))
+  return found
 
 
 def check_overrides(config, argv):
   """Raises ConfigError for the first override of a field the config does not have (the config
-  is locked, so absl would refuse it too, but with a traceback)."""
-  for path in override_paths(argv):
+  is locked, so absl would refuse it too, but with a traceback), or of a group of fields given a
+  plain value (absl's message would not say which fields the group has)."""
+  for path, value in overrides(argv):
     node, walked = config, []
     for key in path.split("."):
       if not isinstance(node, ml_collections.ConfigDict):
@@ -83,6 +85,11 @@ def check_overrides(config, argv):
       if key not in node:
         raise ConfigError(f"--config.{path}: {_no_such_field(node, walked, key)}")
       node, walked = node[key], walked + [key]
+    is_dict_literal = value is None or value.lstrip().startswith("{")
+    if isinstance(node, ml_collections.ConfigDict) and not is_dict_literal:
+      fields = ", ".join(f"--config.{path}.{key}" for key in sorted(node.keys()))
+      raise ConfigError(f"--config.{path}={value}: {path} is a group of fields, not a value; "
+                        f"set its fields: {fields or '(it has none)'}")
 
 
 def _no_such_field(group, walked, key) -> str:

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo_omni.py")
 VITB = os.path.join(ROOT, "configs", "vitb_omni.py")
+FINETUNE = os.path.join(ROOT, "configs", "demo_finetune.py")
 
 # Config files a user might write: tmp_path/<name>.py with this text.
 BAD_FILES = {
@@ -159,6 +160,9 @@ CASES = [
     ("unknown_source", demo("--config.data.sources.audio.batch_size=4"),
      "data.sources has no field 'audio'"),
     ("missing_field", ("--config={tmp}/no_layer_decay.py",), "optim.layer_decay is missing"),
+    ("value_for_a_group", (f"--config={FINETUNE}", "--config.init_from=/runs/pre"),
+     "--config.init_from=/runs/pre: init_from is a group of fields, not a value; set its fields: "
+     "--config.init_from.exclude, --config.init_from.expect, --config.init_from.path"),
     # The command line itself.
     ("no_config", (), "--config is required"),
     ("unknown_flag", demo("--bogus=1"), "Unknown command line flag 'bogus'"),
