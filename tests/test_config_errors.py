@@ -126,7 +126,10 @@ CASES = [
      "optim.layer_decay_convention='beit'; allowed: one of ('official', 'mae')"),
     ("every_steps", demo("--config.checkpoint.every_steps=0"), "checkpoint.every_steps=0"),
     ("log_every_steps", demo("--config.log_every_steps=0"), "log_every_steps=0"),
-    ("recon_every_steps", demo("--config.recon_every_steps=-5"), "recon_every_steps=-5"),
+    ("recon_every_steps", demo("--config.recon_every_steps=-5"), "recon_every_steps=-5; allowed: "
+     "an integer >= 0 (0: no reconstruction pictures)"),
+    ("eval_every_steps", demo("--config.evals.knn.every_steps=-1"), "evals.knn.every_steps=-1; "
+     "allowed: an integer >= 0 (0: off during training)"),
     ("model_size", demo("--config.model.size=gigantic"), "model.size='gigantic'; allowed: one of"),
     ("compute_dtype", demo("--config.model.compute_dtype=int8"), "model.compute_dtype='int8'"),
     ("patch_size_two_numbers", demo("--config.model.patch_size=(8,8)"),

@@ -52,10 +52,12 @@ def _is_finite(value) -> bool:
           and math.isfinite(value))
 
 
-def integer(minimum=None) -> Rule:
+def integer(minimum=None, meaning="") -> Rule:
+  """An integer (>= minimum); `meaning` says what a special value does, e.g. '0: off'."""
   if minimum is None:
     return Rule(_is_int, "an integer")
-  return Rule(lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}")
+  note = f" ({meaning})" if meaning else ""
+  return Rule(lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}{note}")
 
 
 def number(low, high=math.inf, *, low_open=False, high_open=True) -> Rule:
@@ -114,7 +116,7 @@ TRAINING_RULES = (
     ("model.num_frames", integer(1)),
 )
 PRETRAIN_RULES = (
-    ("recon_every_steps", integer(0)),  # 0: no reconstruction pictures
+    ("recon_every_steps", integer(0, "0: no reconstruction pictures")),
 )
 FINETUNE_RULES = (
     ("model.num_classes", integer(1)),
@@ -168,7 +170,7 @@ def check_evals(config):
   for name, evaluator in (config.get("evals") or {}).items():
     prefix = f"evals.{name}"
     _check_rule(config, f"{prefix}.kind", one_of(EVAL_KINDS))
-    _check_rule(config, f"{prefix}.every_steps", integer(0))  # 0: off (training only)
+    _check_rule(config, f"{prefix}.every_steps", integer(0, "0: off during training"))
     source_fields = ["source"] + (["train_source"] if evaluator.kind == "knn" else [])
     if evaluator.kind == "classification":
       _check_rule(config, f"{prefix}.average", one_of(EVAL_AVERAGES))
