@@ -25,9 +25,11 @@ def qkv(head_dim, dtype, seed=0, length=50, heads=3):
           for k in keys]
 
 
-@pytest.mark.parametrize("head_dim", [24, 64])
-def test_explicit_matches_xla_in_float32_values_and_gradients(head_dim):
-  q, k, v = qkv(head_dim, jnp.float32)
+# Both of explicit's layouts: heads-major up to EXPLICIT_HEADS_MAJOR_MAX_TOKENS, tokens-major above.
+@pytest.mark.parametrize("head_dim,length", [
+    (24, 50), (64, 50), (24, attention.EXPLICIT_HEADS_MAJOR_MAX_TOKENS + 1)])
+def test_explicit_matches_xla_in_float32_values_and_gradients(head_dim, length):
+  q, k, v = qkv(head_dim, jnp.float32, length=length)
   np.testing.assert_allclose(jax.jit(attention.explicit_attention)(q, k, v),
                              jax.jit(attention.xla_attention)(q, k, v), atol=2e-6, rtol=1e-5)
   grad = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2)))(q, k, v)
