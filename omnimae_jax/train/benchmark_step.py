@@ -1,7 +1,9 @@
 """Training-step speed at a config's sizes on the present devices: compile time, step time,
-samples/s, achieved TFLOP/s and MFU of the image step and the video step.
+samples/s, achieved TFLOP/s and MFU of each source's step (pretraining or fine-tuning: the steps
+the training loop runs).
 
   python -m omnimae_jax.benchmark step --config=configs/vitb_omni.py --batch_per_device=32
+  python -m omnimae_jax.benchmark step --config=configs/finetune_in1k.py --batch_per_device=32
 
 Batches are synthetic (random uint8 pixels, random masks with the configured visible count), so
 this measures the device side only; `benchmark input` measures the host side.
@@ -30,18 +32,27 @@ def add_arguments(parser):
                       help="peak TFLOP/s per device for MFU (default: looked up by device kind)")
 
 
-def synthetic_batch(batch_size, cfg, grid, num_visible, rng):
-  """A batch with the pipeline's keys, shapes and dtypes."""
-  frames = (cfg.num_frames,) if cfg.modality == "video" else ()
-  num_tokens = int(np.prod(grid))
-  order = np.argsort(rng.random((batch_size, num_tokens)), axis=1)
-  keep_idx = np.sort(order[:, :num_visible], axis=1).astype(np.int32)
-  mask = np.ones((batch_size, num_tokens), bool)
-  np.put_along_axis(mask, keep_idx, False, axis=1)
-  pixels = rng.integers(0, 256, (batch_size, *frames, cfg.image_size, cfg.image_size, 3),
-                        dtype=np.uint8)
-  return {"pixels": pixels, "mask": mask, "keep_idx": keep_idx,
-          "label": np.zeros((batch_size,), np.int32)}
+def synthetic_batch(abstract_batch, source, num_classes, rng):
+  """Random values for the step's abstract batch (aot.abstract_batch: the pipeline's keys, shapes,
+  dtypes and sharding): pixels, `num_visible` visible tokens per sample, labels in
+  [0, num_classes), every sample valid."""
+  import jax  # noqa: PLC0415
+
+  batch = {}
+  for key, spec in abstract_batch.items():
+    if key == "pixels":
+      value = rng.integers(0, 256, spec.shape, dtype=np.uint8)
+    elif key == "label":
+      value = rng.integers(0, num_classes or 1, spec.shape).astype(spec.dtype)
+    elif key == "keep_idx":
+      order = np.argsort(rng.random(batch["mask"].shape), axis=1)
+      value = np.sort(order[:, :source.num_visible], axis=1).astype(spec.dtype)
+      np.put_along_axis(batch["mask"], value, False, axis=1)
+    else:  # mask (set by keep_idx, which follows it), valid
+      value = np.ones(spec.shape, spec.dtype)
+    batch[key] = value
+  return {key: jax.device_put(value, abstract_batch[key].sharding)
+          for key, value in batch.items()}
 
 
 def _apply_overrides(config, args, device_count):
@@ -84,48 +95,35 @@ def time_steps(step_fn, state, batch, steps):
 def run(args):
   import jax  # noqa: PLC0415
 
+  from omnimae_jax import aot  # noqa: PLC0415
   from omnimae_jax.config_file import load_config  # noqa: PLC0415
-  from omnimae_jax.data import config as data_config, masking  # noqa: PLC0415
-  from omnimae_jax.train import flops, optim, sharding, state as state_lib  # noqa: PLC0415
-  from omnimae_jax.train import steps as steps_lib  # noqa: PLC0415
+  from omnimae_jax.train import flops, state as state_lib  # noqa: PLC0415
 
   config = _apply_overrides(load_config(args.config), args, jax.device_count())
-  mesh = sharding.make_mesh(config.mesh)
-  model = state_lib.build_model(config.model)
-  tx = optim.make_optimizer(config.optim, 1000)
-  schedule = optim.learning_rate_schedule(config.optim, 1000)
-  _, shardings = state_lib.state_shardings(model, tx, mesh, config.sharding)
-  state = state_lib.create_state(model, tx, shardings, config.seed)
+  plan = aot.make_plan(config, jax.devices())  # the loop's model, optimizer and steps
+  state = state_lib.create_state(plan.model, plan.tx, plan.shardings, config.seed)
   peak = flops.peak_flops_per_device(args.peak_tflops * 1e12)
-  device = jax.devices()[0]
-  print(f"{config.model.size} ({config.model.compute_dtype}, {config.sharding}, attention "
-        f"{model.config.attention}, remat {model.config.remat}) on "
-        f"{jax.device_count()} x {device.device_kind}; "
+  model_cfg = plan.model.config
+  print(f"{config.mode} {config.model.size} ({config.model.compute_dtype}, {config.sharding}, "
+        f"attention {model_cfg.attention}, remat {model_cfg.remat}) on "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}; "
         f"{state_lib.count_params(state['params']):,} parameters; peak "
         + (f"{peak / 1e12:.0f} TFLOP/s per device" if peak else "n/a (unknown device; MFU needs "
            "--peak_tflops)"))
-  header = (f"{'source':8} {'batch':>6} {'tokens':>11} {'compile s':>9} {'step ms':>9} "
-            f"{'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6}")
-  print(header)
-  names = [n for n in args.sources.split(",") if n] or list(config.data.sources)
+  print(f"{'source':8} {'batch':>6} {'tokens':>11} {'compile s':>9} {'step ms':>9} "
+        f"{'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6}")
   rng = np.random.default_rng(0)
-  for name in names:
-    cfg = config.data.sources[name]
-    grid = data_config.token_grid(cfg, model.config.patch_size)
-    num_visible = masking.num_visible(cfg.mask_kind, grid, cfg.mask_ratio)
-    batch = jax.device_put(synthetic_batch(cfg.batch_size, cfg, grid, num_visible, rng),
-                           sharding.batch_sharding(mesh))
-    source_model = state_lib.model_for_step(model, cfg.modality, mesh)
-    step_fn = steps_lib.make_train_step(
-        steps_lib.reconstruction_objective(source_model, norm_pix=config.loss.norm_pix), tx,
-        schedule, mesh=mesh, strategy=config.sharding, state_shardings=shardings,
-        seed=config.seed)
+  for name in [n for n in args.sources.split(",") if n] or list(plan.sources):
+    source = plan.sources[name]
+    batch_size = source.cfg.batch_size
+    step_fn, abstract = aot.source_step(plan, name, batch_size)
+    batch = synthetic_batch(abstract, source, config.model.get("num_classes"), rng)
     state, compile_seconds, step_seconds = time_steps(step_fn, state, batch, args.steps)
-    step_flops = flops.train_step_flops(
-        flops.pretrain_forward_flops(model.config, int(np.prod(grid)), num_visible),
-        cfg.batch_size)
+    step_flops = flops.train_step_flops(plan.mode.forward_flops(model_cfg, source), batch_size)
     achieved = step_flops / step_seconds / jax.device_count()
     mfu = f"{achieved / peak:6.1%}" if peak else "   n/a"
-    print(f"{name:8} {cfg.batch_size:>6} {f'{num_visible}/{int(np.prod(grid))}':>11} "
-          f"{compile_seconds:>9.1f} {step_seconds * 1e3:>9.1f} "
-          f"{cfg.batch_size / step_seconds:>10.1f} {achieved / 1e12:>11.3f} {mfu}")
+    num_tokens = int(np.prod(source.grid))
+    tokens = f"{source.num_visible}/{num_tokens}" if source.num_visible else str(num_tokens)
+    print(f"{name:8} {batch_size:>6} {tokens:>11} {compile_seconds:>9.1f} "
+          f"{step_seconds * 1e3:>9.1f} {batch_size / step_seconds:>10.1f} "
+          f"{achieved / 1e12:>11.3f} {mfu}")
