@@ -32,26 +32,22 @@ def add_arguments(parser):
                       help="peak TFLOP/s per device for MFU (default: looked up by device kind)")
 
 
-def synthetic_batch(abstract_batch, source, num_classes, rng):
+def synthetic_batch(abstract_batch, num_classes, rng):
   """Random values for the step's abstract batch (aot.abstract_batch: the pipeline's keys, shapes,
-  dtypes and sharding): pixels, `num_visible` visible tokens per sample, labels in
-  [0, num_classes), every sample valid."""
+  dtypes and sharding): pixels, labels in [0, num_classes), every sample valid and, for
+  pretraining, random masks with keep_idx's number of visible tokens."""
   import jax  # noqa: PLC0415
 
-  batch = {}
-  for key, spec in abstract_batch.items():
-    if key == "pixels":
-      value = rng.integers(0, 256, spec.shape, dtype=np.uint8)
-    elif key == "label":
-      value = rng.integers(0, num_classes or 1, spec.shape).astype(spec.dtype)
-    elif key == "keep_idx":
-      order = np.argsort(rng.random(batch["mask"].shape), axis=1)
-      value = np.sort(order[:, :source.num_visible], axis=1).astype(spec.dtype)
-      np.put_along_axis(batch["mask"], value, False, axis=1)
-    else:  # mask (set by keep_idx, which follows it), valid
-      value = np.ones(spec.shape, spec.dtype)
-    batch[key] = value
-  return {key: jax.device_put(value, abstract_batch[key].sharding)
+  shapes = {key: spec.shape for key, spec in abstract_batch.items()}
+  batch = {"pixels": rng.integers(0, 256, shapes["pixels"], dtype=np.uint8),
+           "label": rng.integers(0, num_classes or 1, shapes["label"]),
+           "valid": np.ones(shapes["valid"], bool)}
+  if "keep_idx" in shapes:
+    order = np.argsort(rng.random(shapes["mask"]), axis=1)
+    batch["keep_idx"] = np.sort(order[:, :shapes["keep_idx"][1]], axis=1)
+    batch["mask"] = np.ones(shapes["mask"], bool)
+    np.put_along_axis(batch["mask"], batch["keep_idx"], False, axis=1)
+  return {key: jax.device_put(value.astype(abstract_batch[key].dtype), abstract_batch[key].sharding)
           for key, value in batch.items()}
 
 
@@ -117,7 +113,7 @@ def run(args):
     source = plan.sources[name]
     batch_size = source.cfg.batch_size
     step_fn, abstract = aot.source_step(plan, name, batch_size)
-    batch = synthetic_batch(abstract, source, config.model.get("num_classes"), rng)
+    batch = synthetic_batch(abstract, config.model.get("num_classes"), rng)
     state, compile_seconds, step_seconds = time_steps(step_fn, state, batch, args.steps)
     step_flops = flops.train_step_flops(plan.mode.forward_flops(model_cfg, source), batch_size)
     achieved = step_flops / step_seconds / jax.device_count()
