@@ -13,14 +13,17 @@ from test_train import demo_data_dir, demo_flags, main_py, run, small_config
 assert demo_data_dir  # the session fixture, imported so that pytest finds it here
 
 
-def test_only_fields_that_move_the_schedule_or_data_count_as_changes():
+def test_every_change_is_found_and_schedule_or_data_fields_are_told_apart():
   saved = {"epochs": 6, "log_every_steps": 20, "optim": {"lr": 1e-3, "b1": 0.9},
            "data": {"sources": {"images": {"batch_size": 32}}, "prefetch": 2}}
   new = {"epochs": 8, "log_every_steps": 1, "optim": {"lr": 2e-3, "b1": 0.9},
          "data": {"sources": {"images": {"batch_size": 16}}, "prefetch": 4}}
-  assert run_config.schedule_changes(saved, new) == [
-      ("data.sources.images.batch_size", 32, 16), ("epochs", 6, 8), ("optim.lr", 1e-3, 2e-3)]
-  assert run_config.schedule_changes(saved, saved) == []
+  found = run_config.changes(saved, new)
+  assert found == [("data.prefetch", 2, 4), ("data.sources.images.batch_size", 32, 16),
+                   ("epochs", 6, 8), ("log_every_steps", 20, 1), ("optim.lr", 1e-3, 2e-3)]
+  assert [field for field, _, _ in found if run_config.moves_schedule(field)] == [
+      "data.sources.images.batch_size", "epochs", "optim.lr"]
+  assert run_config.changes(saved, saved) == []
 
 
 def test_a_resume_with_changed_epochs_is_refused_then_allowed_and_reported(demo_data_dir,
@@ -45,7 +48,20 @@ def test_a_resume_with_changed_epochs_is_refused_then_allowed_and_reported(demo_
   assert run_config.read(tmp_path)["epochs"] == 2
   with open(tmp_path / "config.until_step_2.json") as file:
     assert json.load(file)["epochs"] == 1  # what the first two steps were trained with
-  run(changed, tmp_path, stop_at_step=4)  # the new config is now the stored one
+  run(changed, tmp_path, stop_at_step=4)  # the new config is now the stored one: no change
+  assert not (tmp_path / "config.until_step_3.json").exists()
+
+  # A change that moves neither the schedule nor the data needs no permission, but is reported
+  # and the config it replaces is kept too.
+  quieter = small_config(demo_data_dir, "images", total_steps=0, epochs=2, log_every_steps=2)
+  stream = io.StringIO()
+  loop.train(quieter, str(tmp_path), stream=stream, stop_at_step=5)
+  assert ("Resuming with changed settings (not the schedule or data): log_every_steps 1 -> 2"
+          in stream.getvalue())
+  assert "--allow_config_change" not in stream.getvalue()
+  assert run_config.read(tmp_path)["log_every_steps"] == 2
+  with open(tmp_path / "config.until_step_4.json") as file:
+    assert json.load(file)["log_every_steps"] == 1
 
 
 def test_main_refuses_a_changed_resume_in_one_line(demo_data_dir, tmp_path):

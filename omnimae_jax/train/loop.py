@@ -317,9 +317,14 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   start_step = int(state["step"])
   changes = run_config.record(config, workdir, resume_step=start_step,
                               allow_change=allow_config_change)
-  if changes:
+  schedule_changes = [c for c in changes if run_config.moves_schedule(c[0])]
+  other_changes = [c for c in changes if c not in schedule_changes]
+  if schedule_changes:
     say(stream, "Resuming with changed settings (--allow_config_change): "
-        + run_config.describe(changes))
+        + run_config.describe(schedule_changes))
+  if other_changes:
+    say(stream, "Resuming with changed settings (not the schedule or data): "
+        + run_config.describe(other_changes))
   skipped = {name: int(meta.get("skipped", {}).get(name, 0)) for name in sources}
   say(stream, f"{'Resumed' if start_step else 'Starting'} at step {start_step} in {workdir}; "
              f"{state_lib.count_params(state['params']):,} parameters on {mesh.devices.size} "

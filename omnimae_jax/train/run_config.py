@@ -4,8 +4,8 @@ Written (atomically, by process 0) when a run starts or resumes, so that a workd
 trained and tools (reconstruct, evaluation) can read settings such as the target normalisation.
 A resume compares the new config with the stored one: a change to a field that moves the
 learning-rate schedule or the data order would silently make the run a different experiment, so it
-is refused unless the user asks for it (`main.py --allow_config_change`); the replaced config is
-kept beside the new one.
+is refused unless the user asks for it (`main.py --allow_config_change`); other changes are
+reported. Either way the replaced config is kept beside the new one.
 """
 import json
 from typing import Dict, List, Optional, Tuple
@@ -39,15 +39,16 @@ def flatten(tree: Dict, prefix: str = "") -> Dict[str, object]:
   return flat
 
 
-def schedule_changes(saved: Dict, new: Dict) -> List[Tuple[str, object, object]]:
-  """(field, saved value, new value) for every changed field that moves the schedule or data."""
+def changes(saved: Dict, new: Dict) -> List[Tuple[str, object, object]]:
+  """(field, saved value, new value) for every changed field."""
   old_flat, new_flat = flatten(saved), flatten(new)
-  changed = []
-  for name in sorted(set(old_flat) | set(new_flat)):
-    guarded = any(name == field or name.startswith(field + ".") for field in SCHEDULE_FIELDS)
-    if guarded and old_flat.get(name) != new_flat.get(name):
-      changed.append((name, old_flat.get(name, "(absent)"), new_flat.get(name, "(absent)")))
-  return changed
+  return [(name, old_flat.get(name, "(absent)"), new_flat.get(name, "(absent)"))
+          for name in sorted(set(old_flat) | set(new_flat))
+          if old_flat.get(name) != new_flat.get(name)]
+
+
+def moves_schedule(field: str) -> bool:
+  return any(field == guarded or field.startswith(guarded + ".") for guarded in SCHEDULE_FIELDS)
 
 
 def describe(changes) -> str:
@@ -69,22 +70,28 @@ def _write_atomically(path: epath.Path, text: str):
 def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
   """Checks a resume against the stored config, then stores this run's config.
 
-  Returns the schedule changes that were allowed (empty when none). Raises ConfigError, before
-  anything is written, for a resume that changes the schedule or data order without permission.
+  Returns every change from the stored config (empty when none): the allowed schedule changes
+  and the others, which need no permission but are reported. Raises ConfigError, before anything
+  is written, for a resume that changes the schedule or data order without permission. A changed
+  config keeps the stored one as config.until_step_<resume step>.json.
   """
   directory = epath.Path(workdir)
   new = as_dict(config)
   saved = read(directory) if resume_step else None
-  changes = schedule_changes(saved, new) if saved is not None else []
-  if changes and not allow_change:
+  changed = changes(saved, new) if saved is not None else []
+  refused = [change for change in changed if moves_schedule(change[0])]
+  if refused and not allow_change:
     raise ConfigError(
         f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
-        f"or data order of the run: {describe(changes)}; rerun with the saved values, use a new "
+        f"or data order of the run: {describe(refused)}; rerun with the saved values, use a new "
         f"workdir, or pass --allow_config_change to go on with the new ones")
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RUN_CONFIG_FILE
-    if changes:  # keep what the first part of the run was trained with
-      path.replace(directory / f"config.until_step_{resume_step}.json")
+    kept = directory / f"config.until_step_{resume_step}.json"
+    # Keep what the run was trained with until here; a second change at the same step replaces
+    # a config that trained no checkpointed step, so the first one kept stays.
+    if changed and not kept.exists():
+      path.replace(kept)
     _write_atomically(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-  return changes
+  return changed
