@@ -6,6 +6,7 @@ Two kinds of directory:
 - a *training workdir*: `checkpoints/<step>/` written by `TrainCheckpointer` (state + metadata).
 `load_model(path)` reads either and returns (module, variables).
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -107,16 +108,17 @@ def load_model(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
 def load_training_model(workdir) -> Tuple[nn.Module, Dict[str, Any]]:
   """The model and params of the latest checkpoint in a training workdir."""
   workdir = paths.workdir_path(workdir)
-  manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR,
-                                  item_names=("state", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  with _orbax_warnings_silenced():
+    manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise CheckpointError(f"{workdir}/{CHECKPOINTS_DIR}: no checkpoint saved yet")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   model = model_from_description(meta["model"], str(workdir))
   state_path = workdir / CHECKPOINTS_DIR / str(step) / "state"
-  params = _restore_numpy(state_path)["params"]
+  with _orbax_warnings_silenced():  # the item has no checkpoint metadata of its own
+    params = _restore_numpy(state_path)["params"]
   return model, {"params": params}
 
 
@@ -138,6 +140,19 @@ def architecture(description: Dict[str, Any]) -> Dict[str, Any]:
   return arch
 
 
+@contextlib.contextmanager
+def _orbax_warnings_silenced():
+  """For calls whose orbax WARNINGs describe what we do on purpose (a read-only manager, one item
+  of a checkpoint restored on its own, a type handler replaced): noise in every run's output."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 @functools.cache
 def _one_writer_per_array_on_cpu():
   """On CPU, orbax writes each replicated array whole, from one device.
@@ -151,14 +166,9 @@ def _one_writer_per_array_on_cpu():
   """
   if jax.default_backend() != "cpu":
     return
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns that a handler is replaced: we mean to
-  try:
+  with _orbax_warnings_silenced():  # that a handler is replaced: we mean to
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-  finally:
-    absl_logger.setLevel(level)
 
 
 class TrainCheckpointer:
