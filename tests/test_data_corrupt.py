@@ -8,6 +8,7 @@ import io
 import json
 import os
 import threading
+import time
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -316,3 +317,35 @@ def test_pretraining_over_5_percent_corrupt_jpegs_resumes_bit_exactly_and_counts
   _, resumed_vars = checkpoint.load_model(interrupted)
   for a, b in zip(jax.tree.leaves(straight_vars), jax.tree.leaves(resumed_vars)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_file_read_by_one_of_two_processes_stops_both_at_once(data, tmp_path):
+  """main.py as two processes; only process 1's half of the training split holds a damaged
+  record. It says so in one line (exit 2) and leaves; process 0, whose step lost its peer, stops
+  too. Before, both waited out jax.distributed's shutdown barrier (5 min), then aborted."""
+  from test_train import demo_flags, free_port, main_py  # noqa: PLC0415 (main.py as users run it)
+  data_dir = str(tmp_path / "tfds")
+  builder = copy_prepared("omnimae_demo/images", data["data_dir"], data_dir)
+  (path,) = sources.split_files(builder, "train")
+  offset, length = record_payloads(path)[1100]  # of 2000 records: in process 1's half
+  with open(path, "r+b") as file:
+    file.seek(offset + length // 2)
+    byte = file.read(1)[0]
+    file.seek(offset + length // 2)
+    file.write(bytes([byte ^ 0x10]))
+  address = f"localhost:{free_port()}"
+  started = time.monotonic()
+  procs = [main_py(*demo_flags(data_dir, tmp_path / "work", "--config.total_steps=200",
+                               "--config.recon_every_steps=0", f"--coordinator_address={address}",
+                               "--num_processes=2", f"--process_id={index}", sources="images",
+                               probe=False),
+                   extra_env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
+           for index in range(2)]
+  (_, first_err), (_, second_err) = [proc.communicate(timeout=280) for proc in procs]
+  assert time.monotonic() - started < 150
+  assert procs[1].returncode == 2 and "Traceback" not in second_err, second_err[-3000:]
+  last_line = second_err.strip().splitlines()[-1]
+  assert last_line.startswith("error: data source 'images': 1 file(s) of omnimae_demo/images")
+  assert path in last_line and "prepare the dataset again" in last_line
+  assert procs[0].returncode == 1, first_err[-3000:]
+  assert "if another process stopped first, its output says why" in first_err
