@@ -15,8 +15,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import pytest
 
-from data_fixtures import (DEMO_IMAGE_VALIDATION, PATCH_SIZE, copy_prepared, damage_media, data, garbage_bytes,
-                           record_payloads, rewrite_records, small_source_config, truncated_jpeg)
+from data_fixtures import (DEMO_IMAGE_VALIDATION, PATCH_SIZE, copy_prepared, damage_media, data,
+                           garbage_bytes, record_payloads, rewrite_records, small_source_config,
+                           truncated_jpeg)
 from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline, sources, transforms
 from omnimae_jax.data._tf import tf
