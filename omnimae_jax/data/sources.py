@@ -130,10 +130,10 @@ def dataset_options():
   """tf.data options of every input pipeline: a deterministic order (exact resume), and fixed
   parallelism (one parallel call per core) rather than tf.data's autotuning.
 
-  Deleting an autotuned iterator joins the autotuner's thread, which can be in the middle of an
-  optimisation pass over the pipeline's model: a training run with videos spent 7.5 s to its
-  loader's 10 s limit closing it at 6 of 10 ends of a run (each run's end, and the exit after a
-  preemption's save), 0 of 10 without autotuning; the input was as fast without it (2 cores,
+  Deleting an autotuned iterator waits for the autotuner's thread (a native stack of the stall:
+  RootDataset::Iterator's destructor joining it). A training run with videos spent from 7.5 s to
+  its loader's 10 s limit closing it at 6 of 10 ends of a run (each run's end, and the exit after
+  a preemption's save), 0 of 10 without autotuning; the input was as fast without it (2 cores,
   `benchmark input`).
   """
   options = tf.data.Options()
