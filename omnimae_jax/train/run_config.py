@@ -79,11 +79,11 @@ def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
   new = as_dict(config)
   saved = read(directory) if resume_step else None
   changed = changes(saved, new) if saved is not None else []
-  refused = [change for change in changed if moves_schedule(change[0])]
-  if refused and not allow_change:
+  needs_permission = [change for change in changed if moves_schedule(change[0])]
+  if needs_permission and not allow_change:
     raise ConfigError(
         f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
-        f"or data order of the run: {describe(refused)}; rerun with the saved values, use a new "
+        f"or data order of the run: {describe(needs_permission)}; rerun with the saved values, use a new "
         f"workdir, or pass --allow_config_change to go on with the new ones")
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
