@@ -83,8 +83,8 @@ def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
   if needs_permission and not allow_change:
     raise ConfigError(
         f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
-        f"or data order of the run: {describe(needs_permission)}; rerun with the saved values, use a new "
-        f"workdir, or pass --allow_config_change to go on with the new ones")
+        f"or data order of the run: {describe(needs_permission)}; rerun with the saved values, "
+        f"use a new workdir, or pass --allow_config_change to go on with the new ones")
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RUN_CONFIG_FILE
