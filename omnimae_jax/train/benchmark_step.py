@@ -51,7 +51,7 @@ def synthetic_batch(abstract_batch, num_classes, rng):
           for key, value in batch.items()}
 
 
-def _apply_overrides(config, args, device_count):
+def _apply_overrides(config, args):
   with config.unlocked():
     if args.size:
       config.model.size = args.size
@@ -64,9 +64,6 @@ def _apply_overrides(config, args, device_count):
       config.model.remat = args.remat
     if args.sharding:
       config.sharding = args.sharding
-    if args.batch_per_device:
-      for source in config.data.sources.values():
-        source.batch_size = args.batch_per_device * device_count
   return config
 
 
@@ -95,7 +92,8 @@ def run(args):
   from omnimae_jax.config_file import load_config  # noqa: PLC0415
   from omnimae_jax.train import flops, state as state_lib  # noqa: PLC0415
 
-  config = _apply_overrides(load_config(args.config), args, jax.device_count())
+  config = aot.set_batch(_apply_overrides(load_config(args.config), args), args.batch_per_device,
+                         jax.device_count())
   plan = aot.make_plan(config, jax.devices())  # the loop's model, optimizer and steps
   state = state_lib.create_state(plan.model, plan.tx, plan.shardings, config.seed)
   peak = flops.peak_flops_per_device(args.peak_tflops * 1e12)

@@ -315,10 +315,8 @@ def train(config, workdir: str, *, stream=sys.stdout, devices=None, stop_at_step
   state, shardings, meta = restore_or_create(checkpoints, model, tx, mesh, config, stream)
   check_process_count(meta, config, stream)
   start_step = int(state["step"])
-  changes = run_config.record(config, workdir, resume_step=start_step,
-                              allow_change=allow_config_change)
-  schedule_changes = [c for c in changes if run_config.moves_schedule(c[0])]
-  other_changes = [c for c in changes if c not in schedule_changes]
+  schedule_changes, other_changes = run_config.record(
+      config, workdir, resume_step=start_step, allow_change=allow_config_change)
   if schedule_changes:
     say(stream, "Resuming with changed settings (--allow_config_change): "
         + run_config.describe(schedule_changes))

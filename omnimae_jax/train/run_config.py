@@ -67,11 +67,11 @@ def _write_atomically(path: epath.Path, text: str):
   temporary.replace(path)
 
 
-def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
+def record(config, workdir, *, resume_step: int, allow_change: bool) -> Tuple[List, List]:
   """Checks a resume against the stored config, then stores this run's config.
 
-  Returns every change from the stored config (empty when none): the allowed schedule changes
-  and the others, which need no permission but are reported. Raises ConfigError, before anything
+  Returns the changes from the stored config as (schedule changes, which were allowed; the
+  others, which need no permission), both empty when none. Raises ConfigError, before anything
   is written, for a resume that changes the schedule or data order without permission. A changed
   config keeps the stored one as config.until_step_<resume step>.json.
   """
@@ -80,6 +80,7 @@ def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
   saved = read(directory) if resume_step else None
   changed = changes(saved, new) if saved is not None else []
   needs_permission = [change for change in changed if moves_schedule(change[0])]
+  others = [change for change in changed if change not in needs_permission]
   if needs_permission and not allow_change:
     raise ConfigError(
         f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
@@ -94,4 +95,4 @@ def record(config, workdir, *, resume_step: int, allow_change: bool) -> List:
     if changed and not kept.exists():
       path.replace(kept)
     _write_atomically(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-  return changed
+  return needs_permission, others
