@@ -338,7 +338,7 @@ def make_plan(config, devices) -> Plan:
     mesh = sharding.make_mesh(config.mesh, devices)
     loop.validate(config, mesh)
   except (ConfigError, ValueError) as error:
-    raise TargetError(f"--target with {len(devices)} devices: {error}") from error
+    raise TargetError(f"on {len(devices)} device(s): {error}") from error
   mode = loop.MODES[config.mode]
   model = state_lib.build_model(config.model, mode.model_kind)
   total_steps = max(config.total_steps or 1000, 1)  # the schedule's length changes no shape
@@ -348,6 +348,15 @@ def make_plan(config, devices) -> Plan:
   return Plan(config, mode, model, tx, schedule, mesh,
               state_lib.with_shardings(abstract, shardings), shardings,
               source_shapes(config, model.config.patch_size))
+
+
+def selected_sources(plan: Plan, names: str) -> list:
+  """The source names of a --sources flag (comma-separated; empty: all of the plan's), checked."""
+  selected = [name for name in names.split(",") if name] or list(plan.sources)
+  unknown = sorted(set(selected) - set(plan.sources))
+  if unknown:
+    raise TargetError(f"--sources: {unknown} not in the config; allowed: {sorted(plan.sources)}")
+  return selected
 
 
 def source_step(plan: Plan, name: str, batch_size: int):

@@ -17,3 +17,13 @@ def test_times_the_step_on_8_devices(capsys, config, header, source, tokens):
   batch, row_tokens, compile_seconds, step_ms, samples_per_second = row.split()[1:6]
   assert (int(batch), row_tokens) == (8, tokens)  # 8 devices x 1
   assert float(step_ms) > 0 and float(samples_per_second) > 0
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--sources=audio"], "--sources: ['audio'] not in the config; allowed: ['images', 'videos']"),
+    (["--sharding=zero3"], "sharding='zero3'; allowed: one of")])
+def test_bad_input_is_one_line_and_exit_2_before_compiling(capsys, flags, says):
+  status = benchmark.main(["step", "--config=configs/demo_omni.py", *flags])
+  captured = capsys.readouterr()
+  assert status == 2 and captured.out == ""
+  assert says in captured.err and len(captured.err.strip().splitlines()) == 1

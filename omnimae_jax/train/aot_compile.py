@@ -14,7 +14,7 @@ import sys
 
 from omnimae_jax.aot import (ALLOWED_TARGETS, GIB, CompileResult, Target, TargetError,
                              apply_overrides, compile_source, largest_fitting, make_plan,
-                             parse_target, set_batch, target_devices)
+                             parse_target, selected_sources, set_batch, target_devices)
 
 
 def device_memory_bytes(target: Target, device) -> int:
@@ -54,11 +54,7 @@ def prepare(args):
   devices = target_devices(target)
   config = apply_overrides(load_config(args.config), args.overrides)
   plan = make_plan(set_batch(config, args.batch_per_device, len(devices)), devices)
-  names = [n for n in args.sources.split(",") if n] or list(plan.sources)
-  unknown = sorted(set(names) - set(plan.sources))
-  if unknown:
-    raise TargetError(f"--sources: {unknown} not in the config; allowed: {sorted(plan.sources)}")
-  return target, devices, plan, names
+  return target, devices, plan, selected_sources(plan, args.sources)
 
 
 def run(args) -> int:

@@ -8,6 +8,7 @@ the training loop runs).
 Batches are synthetic (random uint8 pixels, random masks with the configured visible count), so
 this measures the device side only; `benchmark input` measures the host side.
 """
+import sys
 import time
 
 import numpy as np
@@ -91,10 +92,16 @@ def run(args):
   from omnimae_jax import aot  # noqa: PLC0415
   from omnimae_jax.config_file import load_config  # noqa: PLC0415
   from omnimae_jax.train import flops, state as state_lib  # noqa: PLC0415
+  from omnimae_jax.train.config_checks import ConfigError  # noqa: PLC0415
 
-  config = aot.set_batch(_apply_overrides(load_config(args.config), args), args.batch_per_device,
-                         jax.device_count())
-  plan = aot.make_plan(config, jax.devices())  # the loop's model, optimizer and steps
+  try:  # bad input is one line, before anything compiles
+    config = aot.set_batch(_apply_overrides(load_config(args.config), args),
+                           args.batch_per_device, jax.device_count())
+    plan = aot.make_plan(config, jax.devices())  # the loop's model, optimizer and steps
+    names = aot.selected_sources(plan, args.sources)
+  except (aot.TargetError, ConfigError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   state = state_lib.create_state(plan.model, plan.tx, plan.shardings, config.seed)
   peak = flops.peak_flops_per_device(args.peak_tflops * 1e12)
   model_cfg = plan.model.config
@@ -107,7 +114,7 @@ def run(args):
   print(f"{'source':8} {'batch':>6} {'tokens':>11} {'compile s':>9} {'step ms':>9} "
         f"{'samples/s':>10} {'TFLOP/s/dev':>11} {'MFU':>6}")
   rng = np.random.default_rng(0)
-  for name in [n for n in args.sources.split(",") if n] or list(plan.sources):
+  for name in names:
     source = plan.sources[name]
     batch_size = source.cfg.batch_size
     step_fn, abstract = aot.source_step(plan, name, batch_size)
