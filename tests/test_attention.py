@@ -25,16 +25,49 @@ def qkv(head_dim, dtype, seed=0, length=50, heads=3):
           for k in keys]
 
 
-# Both of explicit's layouts: heads-major up to EXPLICIT_HEADS_MAJOR_MAX_TOKENS, tokens-major above.
-@pytest.mark.parametrize("head_dim,length", [
-    (24, 50), (64, 50), (24, attention.EXPLICIT_HEADS_MAJOR_MAX_TOKENS + 1)])
-def test_explicit_matches_xla_in_float32_values_and_gradients(head_dim, length):
-  q, k, v = qkv(head_dim, jnp.float32, length=length)
-  np.testing.assert_allclose(jax.jit(attention.explicit_attention)(q, k, v),
-                             jax.jit(attention.xla_attention)(q, k, v), atol=2e-6, rtol=1e-5)
+def assert_matches_xla(fn, q, k, v):
+  """fn's values and gradients (of a loss that weighs every output) equal XLA's attention's."""
+  np.testing.assert_allclose(jax.jit(fn)(q, k, v), jax.jit(attention.xla_attention)(q, k, v),
+                             atol=2e-6, rtol=1e-5)
   grad = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2)))(q, k, v)
-  for a, b in zip(grad(attention.explicit_attention), grad(attention.xla_attention)):
+  for a, b in zip(grad(fn), grad(attention.xla_attention)):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+# 2 samples x 3 heads = 6 sequences of 50 tokens: all in one block (the default); 2 sequences a
+# block; 13 queries a block (4 chunks, the last padded by 2 queries).
+@pytest.mark.parametrize("block_pairs,block", [
+    (attention.EXPLICIT_BLOCK_PAIRS, (6, 50)), (2 * 50 * 50, (2, 50)), (700, (1, 13))])
+@pytest.mark.parametrize("head_dim", [24, 64])
+def test_explicit_matches_xla_in_float32_values_and_gradients(monkeypatch, head_dim, block_pairs,
+                                                              block):
+  monkeypatch.setattr(attention, "EXPLICIT_BLOCK_PAIRS", block_pairs)
+  assert attention.block_shape(6, 50) == block
+  assert_matches_xla(attention.explicit_attention, *qkv(head_dim, jnp.float32))
+
+
+def test_explicit_block_shapes_of_the_vitb_attentions():
+  assert attention.block_shape(2 * 16, 1568) == (1, 523)  # video decoder: 3 chunks, 1 padded
+  assert attention.block_shape(8 * 16, 196) == (16, 196)  # image decoder
+  assert attention.block_shape(8 * 12, 197) == (24, 197)  # fine-tuning encoder
+  assert attention.block_shape(7, 1024) == (1, 1024)
+
+
+def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven():
+  """Batch over 'data' (4), 3 heads over 'model' (2, uneven: gathered), as the fsdp_tp rules
+  split them; the same values and gradients as without a mesh."""
+  mesh = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  q, k, v = qkv(24, jnp.float32, length=20)
+  q, k, v = (jnp.concatenate([x, x + 1]) for x in (q, k, v))  # batch 4
+  rules = (("batch", "data"), ("heads", "model"))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    spec = attention.token_spec()
+    sharded = [jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        "data"))) for x in (q, k, v)]
+    assert_matches_xla(attention.explicit_attention, *sharded)
+    assert "shard_map" in str(jax.make_jaxpr(attention.explicit_attention)(*sharded))
+  assert spec == jax.sharding.PartitionSpec("data", None, "model", None)
 
 
 @pytest.mark.parametrize("head_dim", [24, 64])

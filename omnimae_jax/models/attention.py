@@ -2,7 +2,10 @@
 
 - 'explicit': written out here, queries scaled by head_dim^-0.5 *before* q·kᵀ (on XLA:CPU that
   multiplies [B, L, H, D] instead of the [B, H, L, L] logits: a decoder block of 1568 tokens went
-  from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum.
+  from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum, in blocks of
+  queries that keep their logits in the CPU's caches, with flash attention's recomputing gradient
+  (blocked_attention): it never holds the [B, H, L, L] weights either. Each device attends on
+  its own shard.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
 - 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
@@ -22,7 +25,7 @@
 """
 import functools
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -43,43 +46,139 @@ SPLASH_LAYOUT = splash.QKVLayout.SEQ_MINOR
 # step at 64 clips (decoder 1568 tokens) 8.7 GiB with splash, 29 GiB of temporaries with XLA; the
 # image step at 128 (encoder 20, decoder 196 tokens) 8.5 GiB with splash, 5.6 GiB with XLA.
 SPLASH_MIN_LENGTH = 1024
-# 'explicit' (CPU) moves the heads axis before the tokens up to this many tokens: the batched
-# matmuls then run on contiguous [L, D] blocks. Fwd+bwd per attention on 2 CPU threads, tokens-
-# major -> heads-major: ViT-B fine-tuning encoder (8 x 12 heads x 197 x 64) 73 -> 51 ms, ViT-B
-# image decoder (8 x 16 x 196 x 24) 59 -> 46 ms, 4 x 12 x 392 x 64 101 -> 90 ms; but 2 x 12 x 784
-# x 64 199 -> 225 ms and the video decoder (2 x 16 x 1568 x 24) 710 -> 764 ms.
-EXPLICIT_HEADS_MAJOR_MAX_TOKENS = 512
+# 'explicit' attends in blocks of at most this many (query, key) pairs: whole sequences while they
+# fit, else one sequence's queries in equal chunks. A block's float32 logits (4 MiB) stay in the
+# CPU's caches from q·kᵀ through the softmax to the weighted sum, forward and backward. Fwd+bwd of
+# one attention on 2 CPU threads, all pairs at once -> blocks: ViT-B video decoder (2 clips x 16
+# heads x 1568 tokens x 24) 557 -> 260-280 ms, image decoder (8 x 16 x 196 x 24) 44 -> 30 ms,
+# fine-tuning encoder (8 x 12 x 197 x 64) 48 -> 41 ms.
+EXPLICIT_BLOCK_PAIRS = 2 ** 20
 
 
 def explicit_attention(query, key, value):
-  """query, key, value [B, L, H, D] -> [B, L, H, D].
-
-  The softmax's division is applied to the [B, L, H, D] output instead of the [B, H, L, L]
-  weights (as flash attention does), which saves a pass over the weights forward and backward:
-  the ViT-B video decoder's attention (2 x 16 heads x 1568 tokens), fwd+bwd on 2 CPU threads,
-  1.69 s -> 1.33 s. The max is a constant shift (softmax does not depend on it), so it carries
-  no gradient. Up to EXPLICIT_HEADS_MAJOR_MAX_TOKENS the heads axis goes before the tokens first.
-  """
-  scale = jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
-  query = query * scale
-  if query.shape[1] <= EXPLICIT_HEADS_MAJOR_MAX_TOKENS:
-    heads_major = [x.transpose(0, 2, 1, 3) for x in (query, key, value)]  # [B, H, L, D]
-    return _explicit(*heads_major, "bhqd").transpose(0, 2, 1, 3)
-  return _explicit(query, key, value, "bqhd")
+  """query, key, value [B, L, H, D] -> [B, L, H, D], written out block by block (blocked_attention);
+  under a mesh each device attends on its own shard."""
+  return on_each_device(_explicit_on_device, query, key, value)
 
 
-def _explicit(query, key, value, layout):
-  """Attention of scaled queries in `layout` ('bqhd' or 'bhqd'), the output in the same."""
-  keys = layout.replace("q", "k")
-  logits = jnp.einsum(f"{layout},{keys}->bhqk", query, key,
-                      preferred_element_type=jnp.float32)  # [B, H, L, L]
-  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-  out = jnp.einsum(f"bhqk,{keys}->{layout}", weights.astype(value.dtype), value,
+def _explicit_on_device(query, key, value):
+  batch, length, heads, head_dim = query.shape
+  query = query * jnp.asarray(head_dim ** -0.5, query.dtype)
+
+  def sequences(x):  # [B, L, H, D] -> [B * H, L, D]
+    return x.transpose(0, 2, 1, 3).reshape(batch * heads, length, head_dim)
+
+  out = blocked_attention(*map(sequences, (query, key, value)))
+  return out.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
+
+
+def block_shape(num_sequences: int, length: int) -> Tuple[int, int]:
+  """(sequences, queries) per block of blocked_attention: as many whole sequences as fit
+  EXPLICIT_BLOCK_PAIRS and divide num_sequences, else one sequence's queries in equal chunks."""
+  pairs = length * length
+  if pairs <= EXPLICIT_BLOCK_PAIRS:
+    fits = min(EXPLICIT_BLOCK_PAIRS // pairs, num_sequences)
+    return max(n for n in range(1, fits + 1) if num_sequences % n == 0), length
+  chunks = -(-pairs // EXPLICIT_BLOCK_PAIRS)
+  return 1, -(-length // chunks)
+
+
+def _to_blocks(x, group: int, chunk: int):
+  """[N, L, ...] -> [N / group, C, group, chunk, ...], L padded with zeros to C * chunk."""
+  num, length = x.shape[:2]
+  padded = -(-length // chunk) * chunk
+  x = jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
+  x = x.reshape(num // group, group, padded // chunk, chunk, *x.shape[2:])
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _from_blocks(x, length: int):
+  """The inverse of _to_blocks, padding dropped."""
+  groups, chunks, group, chunk = x.shape[:4]
+  x = jnp.swapaxes(x, 1, 2).reshape(groups * group, chunks * chunk, *x.shape[4:])
+  return x[:, :length]
+
+
+def _block_forward(query, key, value):
+  """query [G, Q, D], key and value [G, L, D] -> out [G, Q, D] and the logits' logsumexp [G, Q].
+
+  The softmax's division is applied to the output instead of the weights (as flash attention
+  does): a pass over the weights fewer."""
+  logits = jnp.einsum("gqd,gkd->gqk", query, key, preferred_element_type=jnp.float32)
+  peak = logits.max(axis=-1, keepdims=True)
+  weights = jnp.exp(logits - peak)
+  total = weights.sum(axis=-1, keepdims=True)
+  out = jnp.einsum("gqk,gkd->gqd", weights.astype(value.dtype), value,
                    preferred_element_type=jnp.float32)
-  total = weights.sum(axis=-1)[..., None]  # [B, H, L, 1]
-  if layout == "bqhd":
-    total = total.transpose(0, 2, 1, 3)
-  return (out / total).astype(value.dtype)
+  return (out / total).astype(value.dtype), (peak + jnp.log(total))[..., 0]
+
+
+def _block_backward(key, value, carry, block):
+  """One block's query gradient; the key and value gradients are summed over blocks in carry.
+  The weights are recomputed from the saved logsumexp instead of being stored."""
+  key_grad, value_grad = carry
+  query, out_grad, logsumexp, delta = block
+  logits = jnp.einsum("gqd,gkd->gqk", query, key)
+  weights = jnp.exp(logits - logsumexp[..., None])
+  weight_grad = jnp.einsum("gqd,gkd->gqk", out_grad, value)
+  logit_grad = weights * (weight_grad - delta[..., None])
+  value_grad = value_grad + jnp.einsum("gqk,gqd->gkd", weights, out_grad)
+  key_grad = key_grad + jnp.einsum("gqk,gqd->gkd", logit_grad, query)
+  return (key_grad, value_grad), jnp.einsum("gqk,gkd->gqd", logit_grad, key)
+
+
+@jax.custom_vjp
+def blocked_attention(query, key, value):
+  """softmax(query keyᵀ) value of already scaled queries, [N, L, D] each, one block of
+  block_shape at a time (lax.map): only a block's logits exist at once. The gradient recomputes
+  each block's weights (flash attention's scheme); the forward keeps the output and each query's
+  logsumexp, not the [N, L, L] weights."""
+  return _blocked_forward(query, key, value)[0]
+
+
+def _blocked_forward(query, key, value):
+  num, length, head_dim = query.shape
+  group, chunk = block_shape(num, length)
+  groups = lambda x: x.reshape(num // group, group, length, head_dim)  # noqa: E731
+
+  def one_group(args):
+    queries, group_key, group_value = args
+    return jax.lax.map(lambda q: _block_forward(q, group_key, group_value), queries)
+
+  out, logsumexp = jax.lax.map(one_group, (_to_blocks(query, group, chunk), groups(key),
+                                           groups(value)))
+  out, logsumexp = _from_blocks(out, length), _from_blocks(logsumexp, length)
+  return out, (query, key, value, out, logsumexp)
+
+
+def _blocked_backward(saved, out_grad):
+  query, key, value, out, logsumexp = saved
+  dtypes = [x.dtype for x in (query, key, value)]
+  query, key, value, out, out_grad = (x.astype(jnp.float32)
+                                      for x in (query, key, value, out, out_grad))
+  num, length, head_dim = query.shape
+  group, chunk = block_shape(num, length)
+  groups = lambda x: x.reshape(num // group, group, length, head_dim)  # noqa: E731
+  blocks = lambda x: _to_blocks(x, group, chunk)  # noqa: E731
+  delta = jnp.sum(out_grad * out, axis=-1)  # [N, L]: d(loss)/d(logits) = w * (dw - delta)
+
+  def one_group(args):
+    queries, out_grads, logsumexps, deltas, group_key, group_value = args
+    zeros = jnp.zeros_like(group_key)
+    (key_grad, value_grad), query_grads = jax.lax.scan(
+        functools.partial(_block_backward, group_key, group_value), (zeros, zeros),
+        (queries, out_grads, logsumexps, deltas))
+    return query_grads, key_grad, value_grad
+
+  query_grad, key_grad, value_grad = jax.lax.map(one_group, (
+      blocks(query), blocks(out_grad), blocks(logsumexp), blocks(delta), groups(key),
+      groups(value)))
+  grads = (_from_blocks(query_grad, length), key_grad.reshape(num, length, head_dim),
+           value_grad.reshape(num, length, head_dim))
+  return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
+
+
+blocked_attention.defvjp(_blocked_forward, _blocked_backward)
 
 
 def xla_attention(query, key, value):
@@ -132,16 +231,28 @@ def token_spec() -> jax.sharding.PartitionSpec:
   return nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
 
 
+def on_each_device(fn, query, key, value):
+  """fn(query, key, value) on each device's shard of [B, L, H, D] activations (shard_map): the
+  batch and head splits of the logical rules where they are even, every token and head dim whole
+  (a split the rules would make otherwise is gathered first). Without a mesh, fn itself."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn(query, key, value)
+  batch_axes, _, heads_axes, _ = token_spec()
+  even = lambda axes, size: axes if size % math.prod(  # noqa: E731
+      mesh.shape[axis] for axis in mesh_axes(axes)) == 0 else None
+  spec = jax.sharding.PartitionSpec(even(batch_axes, query.shape[0]), None,
+                                    even(heads_axes, query.shape[2]), None)
+  return jax.shard_map(fn, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
+      query, key, value)
+
+
 def splash_attention(query, key, value, interpret: bool = False):
   """query, key, value [B, L, H, D] -> [B, L, H, D] by the splash kernel. A Pallas call cannot be
   partitioned by XLA (it would gather the whole batch onto every device), so under a mesh each
   device runs it on its own shard. interpret: Pallas' interpreter instead (any platform; tests)."""
   on_device = functools.partial(splash_on_device, interpret=interpret)
-  if jax.sharding.get_abstract_mesh().empty:
-    return on_device(query, key, value)
-  spec = token_spec()
-  return jax.shard_map(on_device, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
-      query, key, value)
+  return on_each_device(on_device, query, key, value)
 
 
 IMPLEMENTATIONS = {"explicit": explicit_attention, "xla": xla_attention, "cudnn": cudnn_attention,
