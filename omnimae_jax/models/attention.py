@@ -99,12 +99,19 @@ def _from_blocks(x, length: int):
   return x[:, :length]
 
 
-def _block_forward(query, key, value):
-  """query [G, Q, D], key and value [G, L, D] -> out [G, Q, D] and the logits' logsumexp [G, Q].
+def _groups(x, group: int, transpose: bool = False):
+  """[N, L, D] -> [N / group, group, L, D], or [..., D, L] transposed."""
+  x = x.reshape(x.shape[0] // group, group, *x.shape[1:])
+  return jnp.swapaxes(x, -1, -2) if transpose else x
+
+
+def _block_forward(query, key_t, value):
+  """query [G, Q, D], key_t [G, D, L] (transposed: the matmul runs faster on XLA:CPU), value
+  [G, L, D] -> out [G, Q, D] and the logits' logsumexp [G, Q].
 
   The softmax's division is applied to the output instead of the weights (as flash attention
   does): a pass over the weights fewer."""
-  logits = jnp.einsum("gqd,gkd->gqk", query, key, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("gqd,gdk->gqk", query, key_t, preferred_element_type=jnp.float32)
   peak = logits.max(axis=-1, keepdims=True)
   weights = jnp.exp(logits - peak)
   total = weights.sum(axis=-1, keepdims=True)
@@ -113,14 +120,14 @@ def _block_forward(query, key, value):
   return (out / total).astype(value.dtype), (peak + jnp.log(total))[..., 0]
 
 
-def _block_backward(key, value, carry, block):
+def _block_backward(key, key_t, value_t, carry, block):
   """One block's query gradient; the key and value gradients are summed over blocks in carry.
   The weights are recomputed from the saved logsumexp instead of being stored."""
   key_grad, value_grad = carry
   query, out_grad, logsumexp, delta = block
-  logits = jnp.einsum("gqd,gkd->gqk", query, key)
+  logits = jnp.einsum("gqd,gdk->gqk", query, key_t)
   weights = jnp.exp(logits - logsumexp[..., None])
-  weight_grad = jnp.einsum("gqd,gkd->gqk", out_grad, value)
+  weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, value_t)
   logit_grad = weights * (weight_grad - delta[..., None])
   value_grad = value_grad + jnp.einsum("gqk,gqd->gkd", weights, out_grad)
   key_grad = key_grad + jnp.einsum("gqk,gqd->gkd", logit_grad, query)
@@ -139,14 +146,14 @@ def blocked_attention(query, key, value):
 def _blocked_forward(query, key, value):
   num, length, head_dim = query.shape
   group, chunk = block_shape(num, length)
-  groups = lambda x: x.reshape(num // group, group, length, head_dim)  # noqa: E731
 
   def one_group(args):
-    queries, group_key, group_value = args
-    return jax.lax.map(lambda q: _block_forward(q, group_key, group_value), queries)
+    queries, key_t, value = args
+    return jax.lax.map(lambda q: _block_forward(q, key_t, value), queries)
 
-  out, logsumexp = jax.lax.map(one_group, (_to_blocks(query, group, chunk), groups(key),
-                                           groups(value)))
+  out, logsumexp = jax.lax.map(one_group, (_to_blocks(query, group, chunk),
+                                           _groups(key, group, transpose=True),
+                                           _groups(value, group)))
   out, logsumexp = _from_blocks(out, length), _from_blocks(logsumexp, length)
   return out, (query, key, value, out, logsumexp)
 
@@ -158,21 +165,20 @@ def _blocked_backward(saved, out_grad):
                                       for x in (query, key, value, out, out_grad))
   num, length, head_dim = query.shape
   group, chunk = block_shape(num, length)
-  groups = lambda x: x.reshape(num // group, group, length, head_dim)  # noqa: E731
   blocks = lambda x: _to_blocks(x, group, chunk)  # noqa: E731
   delta = jnp.sum(out_grad * out, axis=-1)  # [N, L]: d(loss)/d(logits) = w * (dw - delta)
 
   def one_group(args):
-    queries, out_grads, logsumexps, deltas, group_key, group_value = args
-    zeros = jnp.zeros_like(group_key)
+    queries, out_grads, logsumexps, deltas, key, key_t, value_t = args
+    zeros = jnp.zeros_like(key)
     (key_grad, value_grad), query_grads = jax.lax.scan(
-        functools.partial(_block_backward, group_key, group_value), (zeros, zeros),
+        functools.partial(_block_backward, key, key_t, value_t), (zeros, zeros),
         (queries, out_grads, logsumexps, deltas))
     return query_grads, key_grad, value_grad
 
   query_grad, key_grad, value_grad = jax.lax.map(one_group, (
-      blocks(query), blocks(out_grad), blocks(logsumexp), blocks(delta), groups(key),
-      groups(value)))
+      blocks(query), blocks(out_grad), blocks(logsumexp), blocks(delta), _groups(key, group),
+      _groups(key, group, transpose=True), _groups(value, group, transpose=True)))
   grads = (_from_blocks(query_grad, length), key_grad.reshape(num, length, head_dim),
            value_grad.reshape(num, length, head_dim))
   return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
