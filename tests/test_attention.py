@@ -53,6 +53,18 @@ def test_explicit_block_shapes_of_the_vitb_attentions():
   assert attention.block_shape(7, 1024) == (1, 1024)
 
 
+def test_explicit_gradient_never_holds_the_whole_weights():
+  """2 samples x 4 heads x 2048 tokens: the [B, H, L, L] weights would be 128 MiB in float32;
+  the gradient's compiled program plans less than a quarter of that (blocks of 4 MiB)."""
+  q, k, v = qkv(16, jnp.float32, length=2048, heads=4)
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a) ** 2)  # noqa: E731
+  planned = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2))).lower(  # noqa: E731
+      q, k, v).compile().memory_analysis().temp_size_in_bytes
+  weights_bytes = 2 * 4 * 2048 * 2048 * 4
+  assert planned(attention.explicit_attention) < weights_bytes / 4
+  assert planned(attention.xla_attention) > weights_bytes  # what the test would catch
+
+
 def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven():
   """Batch over 'data' (4), 3 heads over 'model' (2, uneven: gathered), as the fsdp_tp rules
   split them; the same values and gradients as without a mesh."""
