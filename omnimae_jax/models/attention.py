@@ -49,9 +49,11 @@ SPLASH_MIN_LENGTH = 1024
 # 'explicit' attends in blocks of at most this many (query, key) pairs: whole sequences while they
 # fit, else one sequence's queries in equal chunks. A block's float32 logits (4 MiB) stay in the
 # CPU's caches from q·kᵀ through the softmax to the weighted sum, forward and backward. Fwd+bwd of
-# one attention on 2 CPU threads, all pairs at once -> blocks: ViT-B video decoder (2 clips x 16
-# heads x 1568 tokens x 24) 557 -> 260-280 ms, image decoder (8 x 16 x 196 x 24) 44 -> 30 ms,
-# fine-tuning encoder (8 x 12 x 197 x 64) 48 -> 41 ms.
+# one attention on 2 CPU threads, all pairs at once -> blocks (medians, one process): ViT-B video
+# decoder (2 clips x 16 heads x 1568 tokens x 24) 636 -> 313 ms, video fine-tuning (2 x 12 x 1568
+# x 64) 660 -> 450 ms, image decoder (8 x 16 x 196 x 24) 41 -> 33 ms, image fine-tuning (8 x 12 x
+# 197 x 64) 49 -> 42 ms. Blocks of half or twice this size were slower or no faster (image
+# decoder 36.5 and 30.2 ms against 29.7; image fine-tuning 44.0 and 58.4 ms against 42.3).
 EXPLICIT_BLOCK_PAIRS = 2 ** 20
 
 
