@@ -34,16 +34,28 @@ def assert_matches_xla(fn, q, k, v):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
 
 
-# 2 samples x 3 heads = 6 sequences of 50 tokens: all in one block (the default); 2 sequences a
-# block; 13 queries a block (4 chunks, the last padded by 2 queries).
-@pytest.mark.parametrize("block_pairs,block", [
-    (attention.EXPLICIT_BLOCK_PAIRS, (6, 50)), (2 * 50 * 50, (2, 50)), (700, (1, 13))])
+def fresh_explicit():
+  """explicit_attention as a new function: jax caches traces per function and shapes, so a test
+  that changes the module's settings must not meet a trace made under other settings."""
+  return lambda *qkv: attention.explicit_attention(*qkv)
+
+
+# 2 samples x 3 heads = 6 sequences of 50 tokens: directly (shorter than
+# EXPLICIT_BLOCKED_MIN_TOKENS), or blocked: all in one block, 2 sequences a block, 13 queries a
+# block (4 chunks, the last padded by 2 queries).
+@pytest.mark.parametrize("min_tokens,block_pairs,block", [
+    (attention.EXPLICIT_BLOCKED_MIN_TOKENS, attention.EXPLICIT_BLOCK_PAIRS, (6, 50)),
+    (0, attention.EXPLICIT_BLOCK_PAIRS, (6, 50)), (0, 2 * 50 * 50, (2, 50)), (0, 700, (1, 13))])
 @pytest.mark.parametrize("head_dim", [24, 64])
-def test_explicit_matches_xla_in_float32_values_and_gradients(monkeypatch, head_dim, block_pairs,
-                                                              block):
+def test_explicit_matches_xla_in_float32_values_and_gradients(monkeypatch, head_dim, min_tokens,
+                                                              block_pairs, block):
+  monkeypatch.setattr(attention, "EXPLICIT_BLOCKED_MIN_TOKENS", min_tokens)
   monkeypatch.setattr(attention, "EXPLICIT_BLOCK_PAIRS", block_pairs)
   assert attention.block_shape(6, 50) == block
-  assert_matches_xla(attention.explicit_attention, *qkv(head_dim, jnp.float32))
+  q, k, v = qkv(head_dim, jnp.float32)
+  explicit = fresh_explicit()
+  assert_matches_xla(explicit, q, k, v)
+  assert ("scan[" in str(jax.make_jaxpr(explicit)(q, k, v))) == (min_tokens == 0)  # lax.map
 
 
 def test_explicit_block_shapes_of_the_vitb_attentions():
@@ -65,9 +77,11 @@ def test_explicit_gradient_never_holds_the_whole_weights():
   assert planned(attention.xla_attention) > weights_bytes  # what the test would catch
 
 
-def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven():
+@pytest.mark.parametrize("min_tokens", [0, attention.EXPLICIT_BLOCKED_MIN_TOKENS])
+def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven(monkeypatch, min_tokens):
   """Batch over 'data' (4), 3 heads over 'model' (2, uneven: gathered), as the fsdp_tp rules
-  split them; the same values and gradients as without a mesh."""
+  split them; the same values and gradients as without a mesh, blocked or not."""
+  monkeypatch.setattr(attention, "EXPLICIT_BLOCKED_MIN_TOKENS", min_tokens)
   mesh = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8],
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   q, k, v = qkv(24, jnp.float32, length=20)
@@ -77,8 +91,10 @@ def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven():
     spec = attention.token_spec()
     sharded = [jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
         "data"))) for x in (q, k, v)]
-    assert_matches_xla(attention.explicit_attention, *sharded)
-    assert "shard_map" in str(jax.make_jaxpr(attention.explicit_attention)(*sharded))
+    explicit = fresh_explicit()
+    assert_matches_xla(explicit, *sharded)
+    jaxpr = str(jax.make_jaxpr(explicit)(*sharded))
+  assert "shard_map" in jaxpr and ("scan[" in jaxpr) == (min_tokens == 0)
   assert spec == jax.sharding.PartitionSpec("data", None, "model", None)
 
 

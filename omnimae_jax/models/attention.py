@@ -2,10 +2,10 @@
 
 - 'explicit': written out here, queries scaled by head_dim^-0.5 *before* q·kᵀ (on XLA:CPU that
   multiplies [B, L, H, D] instead of the [B, H, L, L] logits: a decoder block of 1568 tokens went
-  from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum, in blocks of
-  queries that keep their logits in the CPU's caches, with flash attention's recomputing gradient
-  (blocked_attention): it never holds the [B, H, L, L] weights either. Each device attends on
-  its own shard.
+  from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum. Sequences of
+  EXPLICIT_BLOCKED_MIN_TOKENS or more go in blocks of queries that keep their logits in the CPU's
+  caches, with flash attention's recomputing gradient (blocked_attention): those never hold the
+  [B, H, L, L] weights. Each device attends on its own shard.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
 - 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
@@ -55,11 +55,17 @@ SPLASH_MIN_LENGTH = 1024
 # 197 x 64) 49 -> 42 ms. Blocks of half or twice this size were slower or no faster (image
 # decoder 36.5 and 30.2 ms against 29.7; image fine-tuning 44.0 and 58.4 ms against 42.3).
 EXPLICIT_BLOCK_PAIRS = 2 ** 20
+# Shorter sequences attend in one block, differentiated by autodiff (which keeps the weights): the
+# recomputation costs more than the caches save there. Fwd+bwd, one block -> blocks: 8 x 16 heads x
+# 256 x 80 (ViT-H images) 102 -> 156 ms, the demo's fine-tuning (32 x 3 x 256 x 64) 69 -> 100 ms;
+# 4 x 12 x 392 x 64 75 -> 77 ms; 2 x 16 x 512 x 24 97 -> 51 ms, 2 x 12 x 784 x 64 198 -> 118 ms.
+EXPLICIT_BLOCKED_MIN_TOKENS = 384
 
 
 def explicit_attention(query, key, value):
-  """query, key, value [B, L, H, D] -> [B, L, H, D], written out block by block (blocked_attention);
-  under a mesh each device attends on its own shard."""
+  """query, key, value [B, L, H, D] -> [B, L, H, D], written out: from EXPLICIT_BLOCKED_MIN_TOKENS
+  tokens block by block (blocked_attention), shorter sequences at once. Under a mesh each device
+  attends on its own shard."""
   return on_each_device(_explicit_on_device, query, key, value)
 
 
@@ -70,7 +76,11 @@ def _explicit_on_device(query, key, value):
   def sequences(x):  # [B, L, H, D] -> [B * H, L, D]
     return x.transpose(0, 2, 1, 3).reshape(batch * heads, length, head_dim)
 
-  out = blocked_attention(*map(sequences, (query, key, value)))
+  query, key, value = map(sequences, (query, key, value))
+  if length < EXPLICIT_BLOCKED_MIN_TOKENS:
+    out = _block_forward(query, jnp.swapaxes(key, 1, 2), value)[0]  # one block, autodiff
+  else:
+    out = blocked_attention(query, key, value)
   return out.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
 
 
@@ -114,7 +124,7 @@ def _block_forward(query, key_t, value):
   The softmax's division is applied to the output instead of the weights (as flash attention
   does): a pass over the weights fewer."""
   logits = jnp.einsum("gqd,gdk->gqk", query, key_t, preferred_element_type=jnp.float32)
-  peak = logits.max(axis=-1, keepdims=True)
+  peak = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))  # a shift: no gradient
   weights = jnp.exp(logits - peak)
   total = weights.sum(axis=-1, keepdims=True)
   out = jnp.einsum("gqk,gkd->gqd", weights.astype(value.dtype), value,
