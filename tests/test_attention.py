@@ -98,13 +98,16 @@ def test_explicit_attends_on_each_device_of_a_mesh_even_or_uneven(monkeypatch, m
   assert spec == jax.sharding.PartitionSpec("data", None, "model", None)
 
 
+@pytest.mark.parametrize("min_tokens", [0, attention.EXPLICIT_BLOCKED_MIN_TOKENS])
 @pytest.mark.parametrize("head_dim", [24, 64])
-def test_explicit_and_xla_in_bfloat16_are_near_the_float32_result(head_dim):
+def test_explicit_and_xla_in_bfloat16_are_near_the_float32_result(monkeypatch, head_dim,
+                                                                  min_tokens):
+  monkeypatch.setattr(attention, "EXPLICIT_BLOCKED_MIN_TOKENS", min_tokens)  # blocked or not
   reference = attention.xla_attention(*qkv(head_dim, jnp.float32))
   query_grad = lambda fn, dtype: jax.jit(jax.grad(
       lambda *a: jnp.sum(fn(*a).astype(jnp.float32) ** 2)))(*qkv(head_dim, dtype))
   reference_grad = query_grad(attention.xla_attention, jnp.float32)
-  for fn in (attention.explicit_attention, attention.xla_attention):
+  for fn in (fresh_explicit(), attention.xla_attention):
     out = jax.jit(fn)(*qkv(head_dim, jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), reference, atol=3e-2)
