@@ -160,8 +160,8 @@ def _blocked_forward(query, key, value):
   group, chunk = block_shape(num, length)
 
   def one_group(args):
-    queries, key_t, value = args
-    return jax.lax.map(lambda q: _block_forward(q, key_t, value), queries)
+    queries, key_t, group_value = args
+    return jax.lax.map(lambda q: _block_forward(q, key_t, group_value), queries)
 
   out, logsumexp = jax.lax.map(one_group, (_to_blocks(query, group, chunk),
                                            _groups(key, group, transpose=True),
@@ -181,10 +181,10 @@ def _blocked_backward(saved, out_grad):
   delta = jnp.sum(out_grad * out, axis=-1)  # [N, L]: d(loss)/d(logits) = w * (dw - delta)
 
   def one_group(args):
-    queries, out_grads, logsumexps, deltas, key, key_t, value_t = args
-    zeros = jnp.zeros_like(key)
+    queries, out_grads, logsumexps, deltas, group_key, key_t, value_t = args
+    zeros = jnp.zeros_like(group_key)
     (key_grad, value_grad), query_grads = jax.lax.scan(
-        functools.partial(_block_backward, key, key_t, value_t), (zeros, zeros),
+        functools.partial(_block_backward, group_key, key_t, value_t), (zeros, zeros),
         (queries, out_grads, logsumexps, deltas))
     return query_grads, key_grad, value_grad
 
