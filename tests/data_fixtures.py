@@ -209,3 +209,13 @@ def record_payloads(path):
     payloads.append((offset + 12, length))
     offset += 12 + length + 4
   return payloads
+
+
+def flip_a_byte(path, record: int):
+  """Flips one bit in the middle of a TFRecord file's `record`-th payload (its CRC then fails)."""
+  offset, length = record_payloads(path)[record]
+  with open(path, "r+b") as file:
+    file.seek(offset + length // 2)
+    byte = file.read(1)[0]
+    file.seek(offset + length // 2)
+    file.write(bytes([byte ^ 0x10]))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from data_fixtures import (DEMO_IMAGE_VALIDATION, PATCH_SIZE, copy_prepared, damage_media, data,
-                           garbage_bytes, record_payloads, rewrite_records, small_source_config,
-                           truncated_jpeg)
+                           flip_a_byte, garbage_bytes, record_payloads, rewrite_records,
+                           small_source_config, truncated_jpeg)
 from omnimae_jax.data import loader as loader_lib
 from omnimae_jax.data import pipeline, sources, transforms
 from omnimae_jax.data._tf import tf
@@ -207,14 +207,11 @@ def test_a_damaged_file_stops_the_loader_promptly_naming_the_file(data, tmp_path
                                                                   batch_sharding):
   builder = copy_prepared("omnimae_demo/images", data["data_dir"], str(tmp_path))
   path = _split_file(builder)
-  offset, length = record_payloads(path)[120]
-  with open(path, "r+b") as file:
-    if damage == "flipped_byte":
-      file.seek(offset + length // 2)
-      byte = file.read(1)[0]
-      file.seek(offset + length // 2)
-      file.write(bytes([byte ^ 0x10]))
-    else:
+  if damage == "flipped_byte":
+    flip_a_byte(path, 120)
+  else:
+    offset, length = record_payloads(path)[120]
+    with open(path, "r+b") as file:
       file.truncate(offset + length // 2)  # ends inside a record
   source = _source(str(tmp_path), _image_config(), name="images")
 
@@ -328,12 +325,7 @@ def test_a_damaged_file_read_by_one_of_two_processes_stops_both_at_once(data, tm
   data_dir = str(tmp_path / "tfds")
   builder = copy_prepared("omnimae_demo/images", data["data_dir"], data_dir)
   (path,) = sources.split_files(builder, "train")
-  offset, length = record_payloads(path)[1100]  # of 2000 records: in process 1's half
-  with open(path, "r+b") as file:
-    file.seek(offset + length // 2)
-    byte = file.read(1)[0]
-    file.seek(offset + length // 2)
-    file.write(bytes([byte ^ 0x10]))
+  flip_a_byte(path, 1100)  # of 2000 records: in process 1's half
   address = f"localhost:{free_port()}"
   started = time.monotonic()
   procs = [main_py(*demo_flags(data_dir, tmp_path / "work", "--config.total_steps=200",

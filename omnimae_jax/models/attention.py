@@ -257,8 +257,7 @@ def on_each_device(fn, query, key, value):
   if mesh.empty:
     return fn(query, key, value)
   batch_axes, _, heads_axes, _ = token_spec()
-  even = lambda axes, size: axes if size % math.prod(  # noqa: E731
-      mesh.shape[axis] for axis in mesh_axes(axes)) == 0 else None
+  even = lambda axes, size: axes if size % split_count(mesh, axes) == 0 else None  # noqa: E731
   spec = jax.sharding.PartitionSpec(even(batch_axes, query.shape[0]), None,
                                     even(heads_axes, query.shape[2]), None)
   return jax.shard_map(fn, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
@@ -364,6 +363,11 @@ def mesh_axes(entry) -> tuple:
   return (entry,) if isinstance(entry, str) else tuple(entry or ())
 
 
+def split_count(mesh, entry) -> int:
+  """Into how many parts one PartitionSpec entry splits its dimension on `mesh`."""
+  return math.prod(mesh.shape[axis] for axis in mesh_axes(entry))
+
+
 def uneven_splits(shape) -> List[str]:
   """The dims of [B, L, H, D] activations the active mesh would split unevenly (shard_map, which
   splash runs under, needs even splits; XLA's partitioner would pad)."""
@@ -372,7 +376,7 @@ def uneven_splits(shape) -> List[str]:
     return []
   problems = []
   for name, size, entry in zip(("batch", "length", "heads", "kv"), shape, token_spec()):
-    parts = math.prod(mesh.shape[axis] for axis in mesh_axes(entry))
+    parts = split_count(mesh, entry)
     if size % parts:
       problems.append(f"{name} {size} split in {parts}")
   return problems

@@ -80,7 +80,7 @@ def record(config, workdir, *, resume_step: int, allow_change: bool) -> Tuple[Li
   saved = read(directory) if resume_step else None
   changed = changes(saved, new) if saved is not None else []
   needs_permission = [change for change in changed if moves_schedule(change[0])]
-  others = [change for change in changed if change not in needs_permission]
+  others = [change for change in changed if not moves_schedule(change[0])]
   if needs_permission and not allow_change:
     raise ConfigError(
         f"{directory / RUN_CONFIG_FILE}: this resume (step {resume_step}) changes the schedule "
