@@ -112,3 +112,17 @@ def test_analytic_flops_match_xla_cost_analysis(video):
 def test_peak_flops_lookup():
   assert flops.peak_flops_per_device(123.0) == 123.0
   assert flops.peak_flops_per_device() is None  # CPU: unknown, so no MFU rather than a wrong one
+
+
+def test_tree_all_finite_finds_any_inf_or_nan_in_any_leaf():
+  from omnimae_jax.train import steps  # noqa: PLC0415
+
+  tree = {"a": jnp.full((3, 5), 3e38, jnp.float32),  # huge but finite: sums of x * 0 never overflow
+          "b": jnp.ones((7,), jnp.bfloat16), "count": jnp.array(5, jnp.int32)}
+  check = jax.jit(steps.tree_all_finite)
+  assert bool(check(tree))
+  for leaf, index in (("a", (2, 4)), ("a", (0, 0)), ("b", (3,))):
+    for bad in (np.inf, -np.inf, np.nan):
+      broken = dict(tree, **{leaf: tree[leaf].at[index].set(bad)})
+      assert not bool(check(broken)), (leaf, index, bad)
+  assert bool(check({"count": jnp.array(1)}))

@@ -74,19 +74,35 @@ def classification_objective(model, *, augment, num_classes: int, video: bool, m
 
 
 def tree_all_finite(tree):
-  """True when every floating-point leaf of `tree` is finite (integer counters are skipped)."""
-  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
-            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+  """True when every floating-point leaf of `tree` is finite (integer counters are skipped).
+
+  x * 0 is 0 for a finite x and NaN for inf or NaN, so one plain sum per leaf answers: XLA:CPU
+  vectorises a sum, not an all() of isfinite (ViT-B's parameters: 55 -> 33 ms).
+  """
+  sums = [jnp.sum(leaf * 0, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)
+          if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.isfinite(sum(sums)) if sums else jnp.array(True)
+
+
+def separate_on_cpu(tree):
+  """An optimization barrier on CPU, the identity elsewhere.
+
+  XLA:CPU fuses a reduction over the gradients or the new parameters (the step's grad_norm and
+  state_finite) into the optimizer's elementwise update loops, which then run as serial
+  reductions: ViT-B's update with both metrics took 317 ms, 191 ms with the barriers around it
+  (the update alone: 133 ms).
+  """
+  return jax.lax.platform_dependent(tree, cpu=jax.lax.optimization_barrier, default=lambda t: t)
 
 
 def _train_step(state, batch, *, objective, tx, schedule, seed, accum_steps):
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
   loss, grads = jax.value_and_grad(objective)(state["params"], batch, rng)
-  new_state = apply_gradients(state, grads, tx)
+  grad_norm = optax.tree.norm(grads)
+  new_state = separate_on_cpu(apply_gradients(state, separate_on_cpu(grads), tx))
   metrics = {
       "loss": loss,
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "lr": schedule(state["step"] // accum_steps),
       # The loss and gradient belong to the parameters *before* this update; a save needs to
       # know that the parameters *after* it are finite too. The optimizer's moments need no
