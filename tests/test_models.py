@@ -332,3 +332,15 @@ def test_unknown_size_kind_or_option():
     models.build("tiny", "detector")
   with pytest.raises(ValueError, match="unknown model option"):
     models.build("tiny", widht=3)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+  x = np.linspace(-10.0, 10.0, 4001, dtype=np.float32)
+  exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+  np.testing.assert_allclose(np.asarray(jax.jit(layers.gelu)(x)), exact, rtol=0, atol=2e-6)
+  slope = jax.vmap(jax.grad(layers.gelu))(jnp.asarray(x))
+  exact_slope = jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(slope), np.asarray(exact_slope), rtol=0, atol=2e-6)
+  half = layers.gelu(jnp.asarray(x, jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), exact, rtol=1e-2, atol=1e-2)

@@ -191,6 +191,16 @@ class Dense(nn.Module):
     return y
 
 
+def gelu(x):
+  """The exact GELU, x * (1 + erf(x / sqrt(2))) / 2, in PyTorch's form (nn.GELU()).
+
+  jax.nn.gelu(approximate=False) writes it with erfc, which XLA:CPU evaluates through exp: a ViT-B
+  decoder MLP's [1568, 1536] activations took 2.8 ms forward, 0.9 ms with erf. Both are within
+  1.1e-6 of the float64 value for |x| < 8.
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(2 ** -0.5, x.dtype)))
+
+
 class Mlp(nn.Module):
   hidden_dim: int
   dtype: Dtype = jnp.float32
@@ -203,7 +213,7 @@ class Mlp(nn.Module):
         kernel_init=partitioned(xavier_uniform(fan_in, features), names),
         bias_init=partitioned(nn.initializers.zeros, names[1:]))
     x = dense(self.hidden_dim, width, ("embed", "mlp"), "fc1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
     return dense(width, self.hidden_dim, ("mlp", "embed"), "fc2")(x)
 
