@@ -133,17 +133,20 @@ def _block_forward(query, key_t, value):
 
 
 def _block_backward(key, key_t, value_t, carry, block):
-  """One block's query gradient; the key and value gradients are summed over blocks in carry.
+  """One block's query gradient; the key and value gradients are summed over blocks in carry,
+  transposed ([G, D, L]), so that every matmul here is a plain [G, M, K] x [G, K, N] one: the
+  block's small queries and output gradient are transposed instead of its [G, Q, L] weights
+  (fwd+bwd of the ViT-B video decoder's attention, 2 clips x 16 heads x 1568 x 24: 451 -> 349 ms).
   The weights are recomputed from the saved logsumexp instead of being stored."""
-  key_grad, value_grad = carry
+  key_grad_t, value_grad_t = carry
   query, out_grad, logsumexp, delta = block
   logits = jnp.einsum("gqd,gdk->gqk", query, key_t)
   weights = jnp.exp(logits - logsumexp[..., None])
   weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, value_t)
   logit_grad = weights * (weight_grad - delta[..., None])
-  value_grad = value_grad + jnp.einsum("gqk,gqd->gkd", weights, out_grad)
-  key_grad = key_grad + jnp.einsum("gqk,gqd->gkd", logit_grad, query)
-  return (key_grad, value_grad), jnp.einsum("gqk,gkd->gqd", logit_grad, key)
+  value_grad_t = value_grad_t + jnp.einsum("gdq,gqk->gdk", jnp.swapaxes(out_grad, 1, 2), weights)
+  key_grad_t = key_grad_t + jnp.einsum("gdq,gqk->gdk", jnp.swapaxes(query, 1, 2), logit_grad)
+  return (key_grad_t, value_grad_t), jnp.einsum("gqk,gkd->gqd", logit_grad, key)
 
 
 @jax.custom_vjp
@@ -182,17 +185,17 @@ def _blocked_backward(saved, out_grad):
 
   def one_group(args):
     queries, out_grads, logsumexps, deltas, group_key, key_t, value_t = args
-    zeros = jnp.zeros_like(group_key)
-    (key_grad, value_grad), query_grads = jax.lax.scan(
+    zeros = jnp.zeros_like(key_t)
+    (key_grad_t, value_grad_t), query_grads = jax.lax.scan(
         functools.partial(_block_backward, group_key, key_t, value_t), (zeros, zeros),
         (queries, out_grads, logsumexps, deltas))
-    return query_grads, key_grad, value_grad
+    return query_grads, key_grad_t, value_grad_t
 
-  query_grad, key_grad, value_grad = jax.lax.map(one_group, (
+  query_grad, key_grad_t, value_grad_t = jax.lax.map(one_group, (
       blocks(query), blocks(out_grad), blocks(logsumexp), blocks(delta), _groups(key, group),
       _groups(key, group, transpose=True), _groups(value, group, transpose=True)))
-  grads = (_from_blocks(query_grad, length), key_grad.reshape(num, length, head_dim),
-           value_grad.reshape(num, length, head_dim))
+  untranspose = lambda g: jnp.swapaxes(g, -1, -2).reshape(num, length, head_dim)  # noqa: E731
+  grads = (_from_blocks(query_grad, length), untranspose(key_grad_t), untranspose(value_grad_t))
   return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
 
 
