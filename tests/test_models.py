@@ -1,4 +1,5 @@
 """The OmniMAE model: shapes, parameter counts, positions, masking invariances, loss, dtypes."""
+import functools
 import math
 
 import flax.linen as nn
@@ -344,3 +345,42 @@ def test_gelu_is_the_exact_erf_gelu():
   half = layers.gelu(jnp.asarray(x, jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), exact, rtol=1e-2, atol=1e-2)
+
+
+def test_decoder_embeds_its_parts_as_the_official_whole(tiny):
+  """The decoder projects the visible tokens, the mask token and the positions apart; the official
+  order (scatter, add positions, then project the [B, N, D_enc] whole) gives the same output and
+  the same parameter gradients."""
+  model, variables = tiny
+  cfg = model.config
+  params = nn.unbox(variables["params"])["decoder"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 0.2, p.shape), p.dtype), params)
+  grid = (1, 14, 14)
+  keep_idx = jnp.asarray(np.sort(np.stack([rng.permutation(196)[:20] for _ in range(2)]), axis=1))
+  visible = jnp.asarray(rng.standard_normal((2, 20, cfg.width)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((2, 196, cfg.decoder_width)), jnp.float32)
+
+  def ours(params):
+    out = mae.Decoder(cfg).apply({"params": params}, visible, keep_idx, grid)
+    return jnp.sum(out * cotangent), out
+
+  def official(params):
+    tokens = mae.scatter_tokens(params["mask_token"][0], visible, keep_idx, 196)
+    tokens = tokens + layers.position_table(grid, cfg.table_grid, cfg.width)
+    x = tokens @ params["decoder_embed"]["kernel"] + params["decoder_embed"]["bias"]
+    for i in range(cfg.decoder_depth):
+      block = layers.Block(cfg.decoder_heads, int(cfg.decoder_width * cfg.mlp_ratio),
+                           cfg.decoder_qkv_bias, attention=cfg.attention)
+      x = block.apply({"params": params[f"decoder_blocks_{i}"]}, x)
+    out = layers.layer_norm("norm", jnp.float32).apply({"params": params["norm"]}, x)
+    return jnp.sum(out * cotangent), out
+
+  (_, out), grads = jax.value_and_grad(ours, has_aux=True)(params)
+  (_, want), want_grads = jax.value_and_grad(official, has_aux=True)(params)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=0, atol=2e-5)
+  for path, grad in jax.tree_util.tree_leaves_with_path(grads):
+    want_grad = np.asarray(functools.reduce(lambda tree, key: tree[key.key], path, want_grads))
+    scale = np.abs(want_grad).max()
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=0, atol=1e-5 * scale + 1e-6,
+                               err_msg=jax.tree_util.keystr(path))

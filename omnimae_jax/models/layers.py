@@ -183,10 +183,11 @@ class Dense(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, add_bias: bool = True):
+    """add_bias=False: x @ kernel alone (a caller that splits a sum across calls adds it once)."""
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     y = linear(x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
+    if self.use_bias and add_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
     return y
 

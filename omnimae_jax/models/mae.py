@@ -58,13 +58,19 @@ class Decoder(nn.Module):
     mask_token = self.param(
         "mask_token", layers.partitioned(nn.initializers.zeros, (None, "embed")),
         (1, cfg.width))  # zeros, "following iBOT" (SPEC §1.3)
-    tokens = scatter_tokens(mask_token[0], visible, keep_idx, num_tokens)  # [B, N, D_enc]
-    tokens = tokens + layers.position_table(grid, cfg.table_grid, cfg.width).astype(tokens.dtype)
-    tokens = layers.Dense(
+    embed = layers.Dense(
         cfg.decoder_width, dtype=cfg.dtype, name="decoder_embed",
         kernel_init=layers.partitioned(
             layers.xavier_uniform(cfg.width, cfg.decoder_width), ("embed", "decoder_embed")),
-        bias_init=layers.partitioned(nn.initializers.zeros, ("decoder_embed",)))(tokens)
+        bias_init=layers.partitioned(nn.initializers.zeros, ("decoder_embed",)))
+    # The official decoder projects (mask tokens scattered among the visible ones + positions),
+    # [B, N, D_enc] rows. The projection is linear, so each part is projected on its own: the
+    # visible tokens, one mask token and the batch-independent position table (with the bias),
+    # a tenth of the rows at 90% masking, the same sum.
+    positions = layers.position_table(grid, cfg.table_grid, cfg.width)  # [N, D_enc]
+    tokens = scatter_tokens(embed(mask_token, add_bias=False)[0], embed(visible, add_bias=False),
+                            keep_idx, num_tokens)  # [B, N, D_dec]
+    tokens = tokens + embed(positions.astype(visible.dtype))
     tokens = layers.block_stack(
         tokens, prefix="decoder_blocks", depth=cfg.decoder_depth, num_heads=cfg.decoder_heads,
         mlp_dim=int(cfg.decoder_width * cfg.mlp_ratio), qkv_bias=cfg.decoder_qkv_bias,
