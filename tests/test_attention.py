@@ -55,7 +55,10 @@ def test_explicit_matches_xla_in_float32_values_and_gradients(monkeypatch, head_
   q, k, v = qkv(head_dim, jnp.float32)
   explicit = fresh_explicit()
   assert_matches_xla(explicit, q, k, v)
-  assert ("scan[" in str(jax.make_jaxpr(explicit)(q, k, v))) == (min_tokens == 0)  # lax.map
+  jaxpr = str(jax.make_jaxpr(explicit)(q, k, v))
+  assert ("scan[" in jaxpr) == (min_tokens == 0)  # lax.map
+  weights_saved = min_tokens > 0 and head_dim <= attention.EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM
+  assert ("custom_vjp_call" in jaxpr) == (min_tokens == 0 or weights_saved)
 
 
 def test_explicit_block_shapes_of_the_vitb_attentions():

@@ -5,7 +5,8 @@
   from 1.42 s to 0.82 s), softmax in float32 and normalised after the weighted sum. Sequences of
   EXPLICIT_BLOCKED_MIN_TOKENS or more go in blocks of queries that keep their logits in the CPU's
   caches, with flash attention's recomputing gradient (blocked_attention): those never hold the
-  [B, H, L, L] weights. Each device attends on its own shard.
+  [B, H, L, L] weights; shorter ones in one block, differentiated by autodiff or, for narrow
+  heads, by weights_saved_attention. Each device attends on its own shard.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
 - 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
@@ -60,6 +61,12 @@ EXPLICIT_BLOCK_PAIRS = 2 ** 20
 # 256 x 80 (ViT-H images) 102 -> 156 ms, the demo's fine-tuning (32 x 3 x 256 x 64) 69 -> 100 ms;
 # 4 x 12 x 392 x 64 75 -> 77 ms; 2 x 16 x 512 x 24 97 -> 51 ms, 2 x 12 x 784 x 64 198 -> 118 ms.
 EXPLICIT_BLOCKED_MIN_TOKENS = 384
+# Of those, heads this narrow (the MAE decoders' 24) take weights_saved_attention: autodiff's
+# gradient of the one block runs two of its four matmuls in transposed forms, slow on XLA:CPU
+# when the head dim is small. Fwd+bwd, autodiff -> weights_saved_attention (medians, 2 CPU
+# threads): ViT-B image decoder (8 x 16 heads x 196 x 24) 52.4 -> 41.5 ms; tiny's 8 x 4 x 196 x 32
+# 11.7 -> 12.1 ms and image fine-tuning's 8 x 12 x 197 x 64 36.5 -> 47.2 ms stay with autodiff.
+EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM = 24
 
 
 def explicit_attention(query, key, value):
@@ -77,10 +84,12 @@ def _explicit_on_device(query, key, value):
     return x.transpose(0, 2, 1, 3).reshape(batch * heads, length, head_dim)
 
   query, key, value = map(sequences, (query, key, value))
-  if length < EXPLICIT_BLOCKED_MIN_TOKENS:
-    out = _block_forward(query, jnp.swapaxes(key, 1, 2), value)[0]  # one block, autodiff
-  else:
+  if length >= EXPLICIT_BLOCKED_MIN_TOKENS:
     out = blocked_attention(query, key, value)
+  elif head_dim <= EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM:
+    out = weights_saved_attention(query, key, value)
+  else:
+    out = _block_forward(query, jnp.swapaxes(key, 1, 2), value)[0]  # one block, autodiff
   return out.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
 
 
@@ -200,6 +209,42 @@ def _blocked_backward(saved, out_grad):
 
 
 blocked_attention.defvjp(_blocked_forward, _blocked_backward)
+
+
+@jax.custom_vjp
+def weights_saved_attention(query, key, value):
+  """softmax(query keyᵀ) value of already scaled queries, [G, L, D] each, in one block. The
+  gradient keeps the normalised weights and runs every matmul as a plain [G, M, K] x [G, K, N]
+  one: the small queries, values and output gradient are transposed, never the [G, L, L]
+  weights."""
+  return _weights_saved_forward(query, key, value)[0]
+
+
+def _weights_saved_forward(query, key, value):
+  logits = jnp.einsum("gqd,gdk->gqk", query, jnp.swapaxes(key, 1, 2),
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("gqk,gkd->gqd", weights.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32).astype(value.dtype)
+  return out, (query, key, value, weights, out)
+
+
+def _weights_saved_backward(saved, out_grad):
+  query, key, value, weights, out = saved
+  dtypes = [x.dtype for x in (query, key, value)]
+  query, key, value, out, out_grad = (x.astype(jnp.float32)
+                                      for x in (query, key, value, out, out_grad))
+  transposed = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
+  weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, transposed(value))
+  delta = jnp.sum(out_grad * out, axis=-1, keepdims=True)
+  logit_grad = weights * (weight_grad - delta)
+  grads = (jnp.einsum("gqk,gkd->gqd", logit_grad, key),
+           transposed(jnp.einsum("gdq,gqk->gdk", transposed(query), logit_grad)),
+           transposed(jnp.einsum("gdq,gqk->gdk", transposed(out_grad), weights)))
+  return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
+
+
+weights_saved_attention.defvjp(_weights_saved_forward, _weights_saved_backward)
 
 
 def xla_attention(query, key, value):
