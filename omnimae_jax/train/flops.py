@@ -25,11 +25,12 @@ def transformer_flops(tokens: int, width: int, mlp_dim: int, depth: int) -> floa
 
 
 def pretrain_forward_flops(cfg: ModelConfig, num_tokens: int, num_visible: int) -> float:
-  """Forward FLOPs per sample: patch embed and encoder on the visible tokens, decoder and head on
-  all tokens."""
+  """Forward FLOPs per sample: patch embed, encoder and decoder projection on the visible tokens,
+  decoder and head on all tokens. (The decoder projects the mask token and the position table
+  once per batch, not per sample: models/mae.py. That is left out.)"""
   patch = 2 * num_visible * cfg.pixels_per_patch * cfg.width
   encoder = transformer_flops(num_visible, cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.depth)
-  decoder_embed = 2 * num_tokens * cfg.width * cfg.decoder_width
+  decoder_embed = 2 * num_visible * cfg.width * cfg.decoder_width
   decoder = transformer_flops(num_tokens, cfg.decoder_width,
                               int(cfg.decoder_width * cfg.mlp_ratio), cfg.decoder_depth)
   head = 2 * num_tokens * cfg.decoder_width * cfg.pixels_per_patch
