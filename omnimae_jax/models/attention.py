@@ -182,11 +182,15 @@ def _blocked_forward(query, key, value):
   return out, (query, key, value, out, logsumexp)
 
 
+def in_float32(*arrays):
+  """The arrays as float32: the gradients below are computed in it, whatever the compute dtype."""
+  return tuple(x.astype(jnp.float32) for x in arrays)
+
+
 def _blocked_backward(saved, out_grad):
   query, key, value, out, logsumexp = saved
   dtypes = [x.dtype for x in (query, key, value)]
-  query, key, value, out, out_grad = (x.astype(jnp.float32)
-                                      for x in (query, key, value, out, out_grad))
+  query, key, value, out, out_grad = in_float32(query, key, value, out, out_grad)
   num, length, head_dim = query.shape
   group, chunk = block_shape(num, length)
   blocks = lambda x: _to_blocks(x, group, chunk)  # noqa: E731
@@ -232,8 +236,7 @@ def _weights_saved_forward(query, key, value):
 def _weights_saved_backward(saved, out_grad):
   query, key, value, weights, out = saved
   dtypes = [x.dtype for x in (query, key, value)]
-  query, key, value, out, out_grad = (x.astype(jnp.float32)
-                                      for x in (query, key, value, out, out_grad))
+  query, key, value, out, out_grad = in_float32(query, key, value, out, out_grad)
   transposed = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
   weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, transposed(value))
   delta = jnp.sum(out_grad * out, axis=-1, keepdims=True)
