@@ -89,7 +89,7 @@ def _explicit_on_device(query, key, value):
   elif head_dim <= EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM:
     out = weights_saved_attention(query, key, value)
   else:
-    out = _block_forward(query, jnp.swapaxes(key, 1, 2), value)[0]  # one block, autodiff
+    out = _block_forward(query, transposed(key), value)[0]  # one block, autodiff
   return out.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
 
 
@@ -120,10 +120,15 @@ def _from_blocks(x, length: int):
   return x[:, :length]
 
 
+def transposed(x):
+  """[..., M, N] -> [..., N, M]."""
+  return jnp.swapaxes(x, -1, -2)
+
+
 def _groups(x, group: int, transpose: bool = False):
   """[N, L, D] -> [N / group, group, L, D], or [..., D, L] transposed."""
   x = x.reshape(x.shape[0] // group, group, *x.shape[1:])
-  return jnp.swapaxes(x, -1, -2) if transpose else x
+  return transposed(x) if transpose else x
 
 
 def _block_forward(query, key_t, value):
@@ -153,8 +158,8 @@ def _block_backward(key, key_t, value_t, carry, block):
   weights = jnp.exp(logits - logsumexp[..., None])
   weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, value_t)
   logit_grad = weights * (weight_grad - delta[..., None])
-  value_grad_t = value_grad_t + jnp.einsum("gdq,gqk->gdk", jnp.swapaxes(out_grad, 1, 2), weights)
-  key_grad_t = key_grad_t + jnp.einsum("gdq,gqk->gdk", jnp.swapaxes(query, 1, 2), logit_grad)
+  value_grad_t = value_grad_t + jnp.einsum("gdq,gqk->gdk", transposed(out_grad), weights)
+  key_grad_t = key_grad_t + jnp.einsum("gdq,gqk->gdk", transposed(query), logit_grad)
   return (key_grad_t, value_grad_t), jnp.einsum("gqk,gkd->gqd", logit_grad, key)
 
 
@@ -207,7 +212,7 @@ def _blocked_backward(saved, out_grad):
   query_grad, key_grad_t, value_grad_t = jax.lax.map(one_group, (
       blocks(query), blocks(out_grad), blocks(logsumexp), blocks(delta), _groups(key, group),
       _groups(key, group, transpose=True), _groups(value, group, transpose=True)))
-  untranspose = lambda g: jnp.swapaxes(g, -1, -2).reshape(num, length, head_dim)  # noqa: E731
+  untranspose = lambda g: transposed(g).reshape(num, length, head_dim)  # noqa: E731
   grads = (_from_blocks(query_grad, length), untranspose(key_grad_t), untranspose(value_grad_t))
   return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
 
@@ -225,8 +230,7 @@ def weights_saved_attention(query, key, value):
 
 
 def _weights_saved_forward(query, key, value):
-  logits = jnp.einsum("gqd,gdk->gqk", query, jnp.swapaxes(key, 1, 2),
-                      preferred_element_type=jnp.float32)
+  logits = jnp.einsum("gqd,gdk->gqk", query, transposed(key), preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("gqk,gkd->gqd", weights.astype(value.dtype), value,
                    preferred_element_type=jnp.float32).astype(value.dtype)
@@ -237,7 +241,6 @@ def _weights_saved_backward(saved, out_grad):
   query, key, value, weights, out = saved
   dtypes = [x.dtype for x in (query, key, value)]
   query, key, value, out, out_grad = in_float32(query, key, value, out, out_grad)
-  transposed = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
   weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, transposed(value))
   delta = jnp.sum(out_grad * out, axis=-1, keepdims=True)
   logit_grad = weights * (weight_grad - delta)
