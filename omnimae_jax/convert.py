@@ -355,7 +355,7 @@ def main(argv=None) -> int:
                      **overrides)
   except (ConversionError, torch_reader.TorchFileError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2  # bad input: one line and exit code 2, as main.py does
   print(f"converted {args.input}\n{report.summary()}\nwrote {os.path.abspath(args.output)}")
   return 0
 

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     pixels, mask, pred = predict(model, variables, frames, args.mask_kind, ratio, args.seed)
   except (ReconstructError, checkpoint.CheckpointError) as e:  # pretrained.PretrainedError too
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2  # bad input: one line and exit code 2, as main.py does
   cfg = model.config
   norm_pix, origin = target_normalisation(os.path.abspath(args.checkpoint), args.norm_pix)
   if origin is None:

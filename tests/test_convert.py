@@ -430,7 +430,7 @@ def test_pickled_code_is_refused_and_nothing_written(tmp_path, capsys):
   state["trunk.norm.weight"] = Reduce(Global("os", "system"), (f"touch {marker}",))
   source = save_torch_zip(tmp_path / "evil.torch", state)
   output = tmp_path / "out"
-  assert convert.main(["--input", str(source), "--output", str(output)]) == 1
+  assert convert.main(["--input", str(source), "--output", str(output)]) == 2
   assert "refused to load 'os.system'" in capsys.readouterr().err
   assert not marker.exists() and no_output_left(output)
 
@@ -470,7 +470,7 @@ def test_another_architecture_is_a_clear_error_and_nothing_is_written(tmp_path, 
   source = _write_broken(tmp_path, name, edit)
   output = tmp_path / "out"
   assert convert.main(["--input", str(source), "--output", str(output),
-                       "--img_size", str(TINY_IMG)]) == 1
+                       "--img_size", str(TINY_IMG)]) == 2
   error = capsys.readouterr().err
   assert message in error and ("nothing written" in error or name == "unknown-size")
   assert no_output_left(output)
@@ -486,7 +486,7 @@ def test_files_that_are_not_omnimae_checkpoints(tmp_path, capsys):
               other_model: "not an OmniMAE checkpoint"}
   for source, message in expected.items():
     output = tmp_path / "out"
-    assert convert.main(["--input", str(source), "--output", str(output)]) == 1
+    assert convert.main(["--input", str(source), "--output", str(output)]) == 2
     assert message in capsys.readouterr().err
     assert no_output_left(output)
 
@@ -506,7 +506,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
   args = ["--input", str(source), "--output", str(output), "--img_size", str(TINY_IMG)]
   assert convert.main(args) == 0
   before = {name: os.path.getmtime(output / name) for name in os.listdir(output)}
-  assert convert.main(args) == 1
+  assert convert.main(args) == 2
   assert "already exists" in capsys.readouterr().err
   assert {name: os.path.getmtime(output / name) for name in os.listdir(output)} == before
   assert convert.main(args + ["--overwrite"]) == 0
@@ -521,6 +521,6 @@ def test_command_line_entry_point(tmp_path):
       [sys.executable, "-m", "omnimae_jax.convert", "--input", str(evil), "--output",
        str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "refused to load 'builtins.eval'" in result.stderr
   assert not (tmp_path / "out").exists()

@@ -174,7 +174,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, checkpoints, capsys):
        "not a PyTorch checkpoint"),
   ]
   for args, message in cases:
-    assert reconstruct.main(args + ["--out", str(tmp_path / "o")]) == 1
+    assert reconstruct.main(args + ["--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
 
 
