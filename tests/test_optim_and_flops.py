@@ -117,7 +117,7 @@ def test_peak_flops_lookup():
 def test_tree_all_finite_finds_any_inf_or_nan_in_any_leaf():
   from omnimae_jax.train import steps  # noqa: PLC0415
 
-  tree = {"a": jnp.full((3, 5), 3e38, jnp.float32),  # huge but finite: sums of x * 0 never overflow
+  tree = {"a": jnp.full((3, 5), 3e38, jnp.float32),  # huge but finite: sums of x - x never overflow
           "b": jnp.ones((7,), jnp.bfloat16), "count": jnp.array(5, jnp.int32)}
   check = jax.jit(steps.tree_all_finite)
   assert bool(check(tree))

@@ -76,10 +76,12 @@ def classification_objective(model, *, augment, num_classes: int, video: bool, m
 def tree_all_finite(tree):
   """True when every floating-point leaf of `tree` is finite (integer counters are skipped).
 
-  x * 0 is 0 for a finite x and NaN for inf or NaN, so one plain sum per leaf answers: XLA:CPU
-  vectorises a sum, not an all() of isfinite (ViT-B's parameters: 55 -> 33 ms).
+  x - x is 0 for a finite x and NaN for inf or NaN, so one plain sum per leaf answers: XLA:CPU
+  vectorises a sum, not an all() of isfinite. x * 0 would answer too, but XLA:CPU makes its zero a
+  whole array per leaf shape and reads it alongside (ViT-B's parameters: all(isfinite) 55 ms,
+  sums of x * 0 35 ms, of x - x 25 ms).
   """
-  sums = [jnp.sum(leaf * 0, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)
+  sums = [jnp.sum(leaf - leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)
           if jnp.issubdtype(leaf.dtype, jnp.inexact)]
   return jnp.isfinite(sum(sums)) if sums else jnp.array(True)
 
