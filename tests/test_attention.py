@@ -10,6 +10,7 @@ import pytest
 from flax import linen as nn
 from jax._src.cudnn import fused_attention_stablehlo
 
+import omnimae_jax
 from omnimae_jax import models
 from omnimae_jax.models import attention, mae
 from omnimae_jax.train import checkpoint, state as state_lib
@@ -78,6 +79,35 @@ def test_explicit_gradient_never_holds_the_whole_weights():
   weights_bytes = 2 * 4 * 2048 * 2048 * 4
   assert planned(attention.explicit_attention) < weights_bytes / 4
   assert planned(attention.xla_attention) > weights_bytes  # what the test would catch
+
+
+@pytest.mark.parametrize("cores,groups", [(1, 1), (2, 4), (3, 6), (64, 6)])
+@pytest.mark.parametrize("head_dim", [24, 64])
+def test_explicit_attends_in_independent_groups_on_cpu(monkeypatch, head_dim, cores, groups):
+  """Two groups of sequences per usable core (6 sequences here: 4 groups are uneven), none with
+  one core; the same values and gradients, each group a call of its own."""
+  monkeypatch.setattr(omnimae_jax, "usable_cores", lambda: cores)
+  assert attention.cpu_attention_groups(6) == groups
+  q, k, v = qkv(head_dim, jnp.float32)
+  explicit = fresh_explicit()
+  assert_matches_xla(explicit, q, k, v)
+  jaxpr = str(jax.make_jaxpr(explicit)(q, k, v))  # the CPU branch, then the other platforms' one
+  calls = "custom_vjp_call[" if head_dim <= attention.EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM else "exp "
+  assert jaxpr.count(calls) == groups + 1
+
+
+def test_explicit_on_a_one_device_mesh_needs_no_shard_map():
+  """shard_map's gradient would sum over the mesh's size-1 axes: all-reduces that move nothing."""
+  mesh = jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  q, k, v = qkv(24, jnp.float32)
+  loss = lambda *a: jnp.sum(attention.explicit_attention(*a) ** 2)  # noqa: E731
+  with jax.set_mesh(mesh), nn.logical_axis_rules((("batch", "data"), ("heads", "model"))):
+    assert_matches_xla(fresh_explicit(), q, k, v)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v))
+    hlo = jax.jit(jax.grad(loss)).lower(q, k, v).compile().as_text()
+  assert "shard_map" not in jaxpr and "psum" not in jaxpr
+  assert "all-reduce" not in hlo
 
 
 @pytest.mark.parametrize("min_tokens", [0, attention.EXPLICIT_BLOCKED_MIN_TOKENS])

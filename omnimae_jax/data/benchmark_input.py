@@ -14,6 +14,7 @@ import os
 import tarfile
 import time
 
+import omnimae_jax
 from omnimae_jax.config_file import load_config
 
 # Synthetic raw downloads, built once in --synthetic_dir with the real builders:
@@ -55,10 +56,6 @@ def add_arguments(parser):
   parser.add_argument("--synthetic_config", default="short256",
                       help="ssv2_like: the video_csv config that stores the clips (short256, "
                       "original, short160, or NAME[-shortN] for a dataset of its own)")
-
-
-def _cores():
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _synthetic_manual_dir(kind, root):
@@ -188,7 +185,7 @@ def _stored_size_line(name, cfg, data_dir, args):
 
 def run(args):
   settings = _settings(args)  # builds synthetic data first, so its log precedes the table
-  cores = _cores()
+  cores = omnimae_jax.usable_cores()
   print(f"input pipeline benchmark: {cores} CPU cores, {args.steps} timed batches per setting "
         f"after {args.warmup_steps} warm-up batches; /core = per core by wall time, /cpu-s = "
         "per CPU-second this process used")

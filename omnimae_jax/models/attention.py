@@ -6,7 +6,8 @@
   EXPLICIT_BLOCKED_MIN_TOKENS or more go in blocks of queries that keep their logits in the CPU's
   caches, with flash attention's recomputing gradient (blocked_attention): those never hold the
   [B, H, L, L] weights; shorter ones in one block, differentiated by autodiff or, for narrow
-  heads, by weights_saved_attention. Each device attends on its own shard.
+  heads, by weights_saved_attention, and on CPU in independent groups of sequences that XLA runs
+  on threads of their own. Each device attends on its own shard.
 - 'xla':      jax.nn.dot_product_attention(implementation='xla').
 - 'cudnn':    jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention.
 - 'splash':   jax's Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu.
@@ -32,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+import omnimae_jax
 
 ATTENTION_SETTINGS = ("auto", "xla", "explicit", "cudnn", "splash")
 CUDNN_DTYPES = ("bfloat16", "float16")
@@ -86,11 +89,41 @@ def _explicit_on_device(query, key, value):
   query, key, value = map(sequences, (query, key, value))
   if length >= EXPLICIT_BLOCKED_MIN_TOKENS:
     out = blocked_attention(query, key, value)
-  elif head_dim <= EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM:
-    out = weights_saved_attention(query, key, value)
   else:
-    out = _block_forward(query, transposed(key), value)[0]  # one block, autodiff
+    out = jax.lax.platform_dependent(query, key, value, default=_one_block,
+                                     cpu=functools.partial(_in_cpu_groups, _one_block))
   return out.reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
+
+
+def _one_block(query, key, value):
+  """Scaled [G, L, D] sequences attended in one block: for narrow heads through
+  weights_saved_attention, else differentiated by autodiff."""
+  if query.shape[-1] <= EXPLICIT_WEIGHTS_SAVED_MAX_HEAD_DIM:
+    return weights_saved_attention(query, key, value)
+  return _block_forward(query, transposed(key), value)[0]
+
+
+def cpu_attention_groups(num_sequences: int) -> int:
+  """Into how many independent calls _in_cpu_groups splits num_sequences: two per XLA:CPU thread,
+  none with one thread (there the split only adds work: 64 -> 74 ms for the ViT-B image decoder's
+  attention, fwd+bwd, on one core)."""
+  threads = omnimae_jax.usable_cores()
+  return 1 if threads == 1 else min(num_sequences, 2 * threads)
+
+
+def _in_cpu_groups(fn, query, key, value):
+  """fn on independent groups of the [G, ...] sequences, concatenated.
+
+  XLA:CPU runs a batched matmul of small matrices on one thread, but independent ops on threads
+  of their own. Fwd+bwd of one attention on 2 CPU threads, whole -> 2 -> 4 groups (medians, one
+  process): ViT-B image decoder (8 x 16 heads x 196 x 24) 47.4 -> 41.4 -> 36.4 ms, tiny's (8 x 4
+  x 196 x 32) 12.3 -> 10.7 -> 10.0 ms, image fine-tuning (8 x 12 x 197 x 64) 62.4 -> 63.1 ->
+  55.4 ms. Blocked attention gains nothing from it (its blocks already fill both threads)."""
+  groups = cpu_attention_groups(query.shape[0])
+  if groups == 1:
+    return fn(query, key, value)
+  parts = zip(*(jnp.array_split(x, groups) for x in (query, key, value)))
+  return jnp.concatenate([fn(*part) for part in parts])
 
 
 def block_shape(num_sequences: int, length: int) -> Tuple[int, int]:
@@ -306,9 +339,11 @@ def token_spec() -> jax.sharding.PartitionSpec:
 def on_each_device(fn, query, key, value):
   """fn(query, key, value) on each device's shard of [B, L, H, D] activations (shard_map): the
   batch and head splits of the logical rules where they are even, every token and head dim whole
-  (a split the rules would make otherwise is gathered first). Without a mesh, fn itself."""
+  (a split the rules would make otherwise is gathered first). Without a mesh or on a one-device
+  mesh, fn itself: shard_map's gradient would sum over the size-1 axes (the ViT-B step on one CPU
+  ran 16 all-reduces that move nothing)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  if mesh.empty or mesh.size == 1:
     return fn(query, key, value)
   batch_axes, _, heads_axes, _ = token_spec()
   even = lambda axes, size: axes if size % split_count(mesh, axes) == 0 else None  # noqa: E731
