@@ -225,10 +225,14 @@ def in_float32(*arrays):
   return tuple(x.astype(jnp.float32) for x in arrays)
 
 
+def cast_like(grads, inputs):
+  """Each gradient in its input's dtype."""
+  return tuple(g.astype(x.dtype) for g, x in zip(grads, inputs))
+
+
 def _blocked_backward(saved, out_grad):
-  query, key, value, out, logsumexp = saved
-  dtypes = [x.dtype for x in (query, key, value)]
-  query, key, value, out, out_grad = in_float32(query, key, value, out, out_grad)
+  inputs, (out, logsumexp) = saved[:3], saved[3:]
+  query, key, value, out, out_grad = in_float32(*inputs, out, out_grad)
   num, length, head_dim = query.shape
   group, chunk = block_shape(num, length)
   blocks = lambda x: _to_blocks(x, group, chunk)  # noqa: E731
@@ -247,7 +251,7 @@ def _blocked_backward(saved, out_grad):
       _groups(key, group, transpose=True), _groups(value, group, transpose=True)))
   untranspose = lambda g: transposed(g).reshape(num, length, head_dim)  # noqa: E731
   grads = (_from_blocks(query_grad, length), untranspose(key_grad_t), untranspose(value_grad_t))
-  return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
+  return cast_like(grads, inputs)
 
 
 blocked_attention.defvjp(_blocked_forward, _blocked_backward)
@@ -271,16 +275,15 @@ def _weights_saved_forward(query, key, value):
 
 
 def _weights_saved_backward(saved, out_grad):
-  query, key, value, weights, out = saved
-  dtypes = [x.dtype for x in (query, key, value)]
-  query, key, value, out, out_grad = in_float32(query, key, value, out, out_grad)
+  inputs, (weights, out) = saved[:3], saved[3:]
+  query, key, value, out, out_grad = in_float32(*inputs, out, out_grad)
   weight_grad = jnp.einsum("gqd,gdk->gqk", out_grad, transposed(value))
   delta = jnp.sum(out_grad * out, axis=-1, keepdims=True)
   logit_grad = weights * (weight_grad - delta)
   grads = (jnp.einsum("gqk,gkd->gqd", logit_grad, key),
            transposed(jnp.einsum("gdq,gqk->gdk", transposed(query), logit_grad)),
            transposed(jnp.einsum("gdq,gqk->gdk", transposed(out_grad), weights)))
-  return tuple(g.astype(dtype) for g, dtype in zip(grads, dtypes))
+  return cast_like(grads, inputs)
 
 
 weights_saved_attention.defvjp(_weights_saved_forward, _weights_saved_backward)
