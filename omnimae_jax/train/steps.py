@@ -127,8 +127,23 @@ def make_train_step(objective, tx, schedule, *, mesh, strategy, state_shardings,
                            seed=seed, accum_steps=accum_steps)
   jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=step_compiler_options(mesh))
   return with_mesh_rules(jitted, mesh, strategy)
+
+
+def step_compiler_options(mesh):
+  """XLA options for a train step on `mesh`'s platform (None: the compiler's defaults).
+
+  On CPU, copy insertion with region analysis. The step updates its donated parameters in place,
+  and a parameter's update must not overwrite it before the backward's matmuls have read it; the
+  default analysis keeps that order by copying them (the ViT-B image step: 136 copies, 532 MB of
+  temporaries; with region analysis none, 513 MB). The same program otherwise, so the same
+  numbers; the ViT-B image step took 0.95-0.985x the time in three paired runs. Other platforms
+  keep their defaults.
+  """
+  if mesh.devices.flat[0].platform != "cpu":
+    return None
+  return {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 PICTURE_SAMPLES = 4  # rows of a training picture
