@@ -81,8 +81,7 @@ def validate(config, mesh):
   sharding.logical_rules(config.sharding)  # raises on an unknown strategy
   # On the mesh's platform, which the parse-time checks cannot know (no backend before
   # jax.distributed starts) and which may be a compile-only target.
-  models.check_attention(state_lib.build_model(config.model).config,
-                         mesh.devices.flat[0].platform)
+  models.check_attention(state_lib.build_model(config.model).config, sharding.platform(mesh))
   if config.init_from.path and MODES[config.mode].model_kind != "classifier":
     raise ValueError(f"init_from.path={config.init_from.path!r} is for fine-tuning; "
                      f"mode={config.mode!r} starts from scratch or from its workdir")

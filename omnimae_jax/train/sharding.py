@@ -93,6 +93,12 @@ def hybrid_device_array(axes, sizes, devices, slices: int) -> np.ndarray:
                                               allow_split_physical_axes=True)
 
 
+def platform(mesh) -> str:
+  """The platform of `mesh`'s devices ('cpu', 'gpu', 'tpu'): a compile-only target's, not
+  necessarily this host's backend."""
+  return mesh.devices.flat[0].platform
+
+
 def data_parallel_size(mesh) -> int:
   return mesh.shape[DATA]
 

@@ -24,8 +24,7 @@ def build_model(model_cfg, kind: str = "pretrain", **extra) -> nn.Module:
 def model_for_step(model: nn.Module, modality: str, mesh) -> nn.Module:
   """The module a `modality` step runs on `mesh`, its remat decided for the mesh's platform
   (models.remat_for), which may be a compile-only target rather than this host's backend."""
-  platform = mesh.devices.flat[0].platform
-  remat = models.remat_for(model.config, modality, platform)
+  remat = models.remat_for(model.config, modality, sharding.platform(mesh))
   return model.clone(config=dataclasses.replace(model.config, remat=remat))
 
 
